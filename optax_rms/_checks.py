@@ -1,0 +1,167 @@
+"""Construction-time validation of hyperparameters.
+
+Everything here runs once, in Python, when an optimizer is built. Values that
+are not known yet (tracers, as `optax.inject_hyperparams` passes them inside
+`jit`) and device arrays (reading them would force a host sync, and
+`inject_hyperparams` rebuilds the optimizer on every step) are accepted
+unchecked.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _known_value(name: str, value: Any) -> float | None:
+  """Returns `value` as a Python float when it is known on the host, else None.
+
+  Raises TypeError for things that can never be a scalar hyperparameter.
+  """
+  if isinstance(value, jax.Array):  # tracer or device array: not read
+    if value.ndim != 0:
+      raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}.")
+    return None
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a number, got the bool {value!r}.")
+  if isinstance(value, numbers.Real):
+    return float(value)
+  if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+    if value.ndim != 0:
+      raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}.")
+    if not np.issubdtype(value.dtype, np.number):
+      raise TypeError(f"{name} must be a number, got dtype {value.dtype}.")
+    return float(value)
+  raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
+
+
+def check_range(
+  name: str,
+  value: Any,
+  *,
+  low: float,
+  high: float = math.inf,
+  low_open: bool = False,
+  high_open: bool = False,
+) -> None:
+  """Raises ValueError unless `low <= value <= high` (bounds open as asked).
+
+  Non-finite values are always rejected.
+  """
+  x = _known_value(name, value)
+  if x is None:
+    return
+  lo = "(" if low_open else "["
+  hi = ")" if high_open else "]"
+  allowed = f"{lo}{low:g}, {high:g}{hi}"
+  ok = (
+    math.isfinite(x)
+    and (x > low if low_open else x >= low)
+    and (x < high if high_open else x <= high)
+  )
+  if not ok:
+    raise ValueError(f"{name} must be a finite number in {allowed}, got {x!r}.")
+
+
+def check_scalar_or_schedule(name: str, value: Any, *, low: float = 0.0) -> None:
+  """Checks a constant, or a schedule's value at step 0, is finite and >= low.
+
+  A schedule is evaluated once, here, at step 0: that catches the common
+  mistakes (a negative or NaN learning rate, a schedule of the wrong shape)
+  before any step is taken. Later steps are not checked.
+  """
+  if callable(value):
+    value0 = value(0)
+    if isinstance(value0, jax.core.Tracer):
+      return
+    shape = np.shape(value0)
+    if shape != ():
+      raise ValueError(
+        f"{name} schedule must return a scalar, got shape {shape} at step 0."
+      )
+    if isinstance(value0, jax.Array):
+      value0 = np.asarray(value0)  # Construction time, not inside `update`.
+    check_range(f"{name} (schedule at step 0)", value0, low=low)
+    return
+  check_range(name, value, low=low)
+
+
+def check_bool(name: str, value: Any) -> None:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+def canonical_dtype(name: str, dtype: Any, *, allow_complex: bool) -> jnp.dtype | None:
+  """Returns `dtype` as a floating (or complex) `jnp.dtype`, None for None."""
+  if dtype is None:
+    return None
+  if isinstance(dtype, (jax.Array, np.ndarray)):
+    raise ValueError(
+      f"{name} must be a dtype such as 'float32', got an array. Under "
+      "optax.inject_hyperparams pass the dtype as a string, or list "
+      f"{name!r} in static_args (dtype classes are callables, which "
+      "inject_hyperparams takes for schedules)."
+    )
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError as e:
+    raise ValueError(f"{name} must be a dtype, got {dtype!r} ({e}).") from None
+  kinds = (jnp.floating, jnp.complexfloating) if allow_complex else (jnp.floating,)
+  if not any(jnp.issubdtype(dt, k) for k in kinds):
+    allowed = "floating or complex" if allow_complex else "floating"
+    raise ValueError(f"{name} must be a {allowed} dtype, got {dt}.")
+  return dt
+
+
+def check_same_structure(what: str, updates: Any, state_tree: Any) -> Any:
+  """Returns the treedef of `updates`, after checking `state_tree` shares it."""
+  treedef = jax.tree.structure(updates)
+  state_treedef = jax.tree.structure(state_tree)
+  if treedef != state_treedef:  # type: ignore[operator]
+    raise ValueError(
+      f"{what}: the gradient tree does not match the optimizer state's "
+      f"tree (was the state initialised from other parameters?).\n"
+      f"  gradients: {treedef}\n  state:     {state_treedef}"
+    )
+  return treedef
+
+
+def check_params_inexact(what: str, params: Any) -> None:
+  """Raises TypeError naming the first integer or boolean parameter leaf."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    dtype = jnp.result_type(getattr(leaf, "dtype", leaf))
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+        f"{what}: parameter {jax.tree_util.keystr(path)} has dtype {dtype}; "
+        "RMSprop needs floating-point (or complex) parameters. Cast it, or "
+        "exclude it with optax.masked / optax.multi_transform."
+      )
+
+
+def resolve_mask(
+  mask: Any | Callable[[Any], Any] | None, params: Any
+) -> list[bool] | None:
+  """Returns the weight-decay mask as a flat list of bools, one per leaf."""
+  if mask is None:
+    return None
+  tree = mask(params) if callable(mask) else mask
+  full = jax.tree.broadcast(tree, params)
+  flags = jax.tree.leaves(full)
+  for flag in flags:
+    if not isinstance(flag, (bool, np.bool_)):
+      raise TypeError(
+        "weight_decay_mask leaves must be Python bools (a static choice per "
+        f"parameter, as in optax.masked), got {type(flag).__name__}."
+      )
+  return [bool(f) for f in flags]

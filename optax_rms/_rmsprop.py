@@ -1,0 +1,469 @@
+r"""RMSprop as one Optax gradient transformation.
+
+This module is the one place where the update math lives: the second moment,
+the centered mean, where eps sits, bias correction, momentum with the learning
+rate inside or after the buffer, weight decay and maximize. Everything else in
+the package (the framework presets included) only maps arguments onto
+:func:`rmsprop`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_rms import _checks
+
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
+WeightDecayMode: TypeAlias = Literal["coupled", "decoupled"]
+
+
+class RMSPropState(NamedTuple):
+  """State of :func:`rmsprop` and :func:`scale_by_rms`.
+
+  One flat record, whatever the variant. Fields of variants that are switched
+  off are ``None`` (an empty pytree), so a plain RMSprop state holds exactly one
+  array per parameter plus the step counter.
+
+  Attributes:
+    count: steps taken so far, an int32 scalar (it saturates instead of
+      overflowing). Schedules are evaluated at ``count`` (0-based); bias
+      correction uses ``count + 1``.
+    nu: EMA of the squared gradient magnitudes ``|g|^2``, one array per
+      parameter (real even for complex parameters).
+    mu: EMA of the gradients (``centered=True``), else ``None``.
+    momentum: the momentum buffer (``momentum`` not ``None``), else ``None``.
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
+  nu: optax.Updates
+  mu: optax.Updates | None = None
+  momentum: optax.Updates | None = None
+
+
+def _abs_sq(x: jax.Array) -> jax.Array:
+  """|x|^2, real for complex x; the same HLO as optax for real x."""
+  if jnp.iscomplexobj(x):
+    return (x.conj() * x).real
+  return jnp.square(x)
+
+
+def _real_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  return jnp.finfo(dtype).dtype  # complex64 -> float32, float32 -> float32
+
+
+def _buffer_dtype(param_dtype: Any, requested: jnp.dtype | None) -> jnp.dtype:
+  """Dtype of mu/momentum: as requested, made complex for complex params."""
+  if requested is None:
+    return jnp.dtype(param_dtype)
+  if jnp.issubdtype(param_dtype, jnp.complexfloating):
+    return jnp.promote_types(requested, jnp.complex64)
+  return requested
+
+
+def _transformation(
+  *,
+  learning_rate: ScalarOrSchedule | None,
+  decay: Any,
+  eps: Any,
+  initial_scale: Any,
+  eps_in_sqrt: bool,
+  centered: bool,
+  momentum: Any | None,
+  nesterov: bool,
+  bias_correction: bool,
+  weight_decay: ScalarOrSchedule | None,
+  weight_decay_mask: Any,
+  weight_decay_mode: WeightDecayMode,
+  lr_in_momentum: bool,
+  maximize: bool,
+  nu_dtype: jnp.dtype | None,
+  mu_dtype: jnp.dtype | None,
+  momentum_dtype: jnp.dtype | None,
+  name: str,
+) -> tuple[Callable[..., RMSPropState], Callable[..., Any]]:
+  """Builds (init_fn, update_fn) for the validated configuration.
+
+  ``learning_rate=None`` means no learning rate and no sign flip: the update is
+  the rescaled gradient (that is :func:`scale_by_rms`).
+  """
+  # A literal 0 switches weight decay off; anything else (a schedule, an array
+  # from inject_hyperparams) keeps it in the graph.
+  use_wd = weight_decay is not None and not (
+    isinstance(weight_decay, (int, float)) and weight_decay == 0
+  )
+  coupled_wd = use_wd and weight_decay_mode == "coupled"
+  decoupled_wd = use_wd and weight_decay_mode == "decoupled"
+
+  def init_fn(params: optax.Params) -> RMSPropState:
+    _checks.check_params_inexact(name, params)
+
+    def nu_init(p):
+      dtype = nu_dtype or _real_dtype(jnp.result_type(p.dtype))
+      return jnp.full_like(p, initial_scale, dtype=dtype)
+
+    def zeros(requested):
+      return lambda p: jnp.zeros_like(p, dtype=_buffer_dtype(p.dtype, requested))
+
+    return RMSPropState(
+      count=jnp.zeros([], jnp.int32),
+      nu=jax.tree.map(nu_init, params),
+      mu=jax.tree.map(zeros(mu_dtype), params) if centered else None,
+      momentum=(
+        jax.tree.map(zeros(momentum_dtype), params) if momentum is not None else None
+      ),
+    )
+
+  def update_fn(
+    updates: optax.Updates,
+    state: RMSPropState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, RMSPropState]:
+    del extra_args
+    treedef = _checks.check_same_structure(name, updates, state.nu)
+    n_leaves = treedef.num_leaves
+    g_leaves = treedef.flatten_up_to(updates)
+    nu_leaves = treedef.flatten_up_to(state.nu)
+    mu_leaves = treedef.flatten_up_to(state.mu) if centered else [None] * n_leaves
+    mom_leaves = (
+      treedef.flatten_up_to(state.momentum)
+      if momentum is not None
+      else [None] * n_leaves
+    )
+    if use_wd:
+      if params is None:
+        raise ValueError(
+          f"{name}: weight_decay needs the parameters; call "
+          "update(grads, state, params)."
+        )
+      p_leaves = treedef.flatten_up_to(params)
+      mask = _checks.resolve_mask(weight_decay_mask, params) or [True] * n_leaves
+    else:
+      p_leaves = [None] * n_leaves
+      mask = [False] * n_leaves
+
+    count = state.count
+    count_inc = optax.safe_increment(count)
+    lr = learning_rate(count) if callable(learning_rate) else learning_rate
+    wd = weight_decay(count) if callable(weight_decay) else weight_decay
+    # As optax.tree.bias_correction: computed in float32 (decay**count can
+    # round to 1 in low precision), divided in the moment's own dtype.
+    debias = 1 - decay**count_inc if bias_correction else None
+
+    def leaf(g, nu, mu, mom, p, decay_this_leaf):
+      out_dtype = g.dtype
+      g = g.astype(jnp.promote_types(g.dtype, nu.dtype))
+      if maximize:
+        g = -g
+      if coupled_wd and decay_this_leaf:
+        g = g + wd * p  # L2: enters the statistics (PyTorch's weight_decay).
+
+      # Second moment (and first, centered) -- optax's order of operations.
+      new_nu = (1 - decay) * _abs_sq(g) + decay * nu
+      nu_hat = new_nu if debias is None else new_nu / debias.astype(new_nu.dtype)
+      if centered:
+        new_mu = (1 - decay) * g + decay * mu
+        mu_hat = new_mu if debias is None else new_mu / debias.astype(new_mu.dtype)
+        # nu - |mu|^2 >= 0 in exact arithmetic; clamp the rounding error that
+        # would otherwise give sqrt(negative) = NaN.
+        var = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
+      else:
+        new_mu, var = None, nu_hat
+      if eps_in_sqrt:
+        scale = jax.lax.rsqrt(var + eps)
+      else:
+        scale = 1 / (jnp.sqrt(var) + eps)
+      u = scale * g
+
+      if lr is None:  # scale_by_rms: the rescaled gradient, no sign flip.
+        step, new_mom = u, None
+      else:
+        neg_lr = jnp.asarray(-lr).astype(u.dtype)  # as optax: lr in u's dtype
+        if momentum is None:
+          step, new_mom = neg_lr * u, None
+        elif lr_in_momentum:  # optax / Keras / TF1: buf = m*buf - lr*u
+          lr_u = neg_lr * u
+          new_mom = lr_u + momentum * mom
+          step = lr_u + momentum * new_mom if nesterov else new_mom
+        else:  # PyTorch: buf = m*buf + u; step = -lr*buf
+          new_mom = u + momentum * mom
+          step = neg_lr * (u + momentum * new_mom if nesterov else new_mom)
+        if decoupled_wd and decay_this_leaf:
+          step = step + (neg_lr * wd) * p  # AdamW-style: -lr * wd * p.
+
+      return (
+        step.astype(out_dtype),
+        new_nu.astype(nu.dtype),
+        None if new_mu is None else new_mu.astype(mu.dtype),
+        None if new_mom is None else new_mom.astype(mom.dtype),
+      )
+
+    out = [
+      leaf(*args)
+      for args in zip(
+        g_leaves, nu_leaves, mu_leaves, mom_leaves, p_leaves, mask, strict=True
+      )
+    ]
+    steps, nus, mus, moms = zip(*out, strict=True) if out else ([], [], [], [])
+    unflatten = lambda xs: jax.tree.unflatten(treedef, list(xs))
+    new_state = RMSPropState(
+      count=count_inc,
+      nu=unflatten(nus),
+      mu=unflatten(mus) if centered else None,
+      momentum=unflatten(moms) if momentum is not None else None,
+    )
+    return unflatten(steps), new_state
+
+  return init_fn, update_fn
+
+
+def _validate_core(
+  decay: Any,
+  eps: Any,
+  initial_scale: Any,
+  eps_in_sqrt: Any,
+  centered: Any,
+  bias_correction: Any,
+) -> None:
+  _checks.check_range("decay", decay, low=0.0, high=1.0, high_open=True)
+  # eps == 0 divides by zero wherever nu is 0 (a gradient element that has been
+  # zero so far, or a constant gradient when centered): 0 * inf = NaN.
+  _checks.check_range("eps", eps, low=0.0, low_open=True)
+  _checks.check_range("initial_scale", initial_scale, low=0.0)
+  _checks.check_bool("eps_in_sqrt", eps_in_sqrt)
+  _checks.check_bool("centered", centered)
+  _checks.check_bool("bias_correction", bias_correction)
+
+
+def scale_by_rms(
+  decay: jax.typing.ArrayLike = 0.9,
+  eps: jax.typing.ArrayLike = 1e-8,
+  initial_scale: jax.typing.ArrayLike = 0.0,
+  eps_in_sqrt: bool = True,
+  bias_correction: bool = False,
+  *,
+  centered: bool = False,
+  nu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Rescales updates by the root of the EMA of their squares.
+
+  The RMSprop statistic without the learning rate: for each parameter,
+
+  .. math::
+    \nu_t = \rho\,\nu_{t-1} + (1-\rho)\,|g_t|^2, \qquad
+    u_t = \frac{g_t}{\sqrt{\hat\nu_t + \epsilon}}
+    \;\text{(or } \frac{g_t}{\sqrt{\hat\nu_t} + \epsilon}
+    \text{ with } \texttt{eps\_in\_sqrt=False}),
+
+  where :math:`\hat\nu_t = \nu_t / (1-\rho^t)` with ``bias_correction`` and
+  :math:`\nu_t` otherwise. With ``centered=True`` the EMA of the gradients
+  :math:`\mu_t` is kept too and :math:`\hat\nu_t - |\hat\mu_t|^2` (clamped at
+  0) replaces :math:`\hat\nu_t` (Graves 2013, eq. 38-45). Same numbers as
+  ``optax.scale_by_rms`` / ``optax.scale_by_stddev``, with one flat state.
+
+  Args:
+    decay: :math:`\rho`, the EMA decay, in [0, 1).
+    eps: :math:`\epsilon` > 0, added inside or outside the square root.
+    initial_scale: initial value of :math:`\nu` (>= 0).
+    eps_in_sqrt: whether ``eps`` goes inside the square root.
+    bias_correction: divide the EMAs by :math:`1-\rho^t`.
+    centered: subtract the squared mean gradient (see above).
+    nu_dtype: dtype of :math:`\nu`; default the parameter's (real) dtype.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is :class:`RMSPropState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_rms
+    >>> tx = optax_rms.scale_by_rms(decay=0.5)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jnp.array([0.1, 3.0]), state)
+    >>> print([f"{u:.4f}" for u in updates])
+    ['1.4142', '1.4142']
+  """
+  _validate_core(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction)
+  init_fn, update_fn = _transformation(
+    learning_rate=None,
+    decay=decay,
+    eps=eps,
+    initial_scale=initial_scale,
+    eps_in_sqrt=bool(eps_in_sqrt),
+    centered=bool(centered),
+    momentum=None,
+    nesterov=False,
+    bias_correction=bool(bias_correction),
+    weight_decay=None,
+    weight_decay_mask=None,
+    weight_decay_mode="coupled",
+    lr_in_momentum=True,
+    maximize=False,
+    nu_dtype=_checks.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
+    mu_dtype=None,
+    momentum_dtype=None,
+    name="optax_rms.scale_by_rms",
+  )
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def rmsprop(
+  learning_rate: ScalarOrSchedule,
+  decay: jax.typing.ArrayLike = 0.9,
+  eps: jax.typing.ArrayLike = 1e-8,
+  initial_scale: jax.typing.ArrayLike = 0.0,
+  eps_in_sqrt: bool = True,
+  centered: bool = False,
+  momentum: jax.typing.ArrayLike | None = None,
+  nesterov: bool = False,
+  bias_correction: bool = False,
+  *,
+  weight_decay: ScalarOrSchedule | None = None,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  weight_decay_mode: WeightDecayMode = "coupled",
+  lr_in_momentum: bool = True,
+  maximize: bool = False,
+  nu_dtype: Any | None = None,
+  mu_dtype: Any | None = None,
+  momentum_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
+
+  The positional arguments are those of ``optax.rmsprop`` (same order and
+  defaults) and give the same numbers; the keyword-only ones reproduce the
+  other frameworks' variants. Per parameter, at step :math:`t` (0-based
+  :math:`\eta_t` = ``learning_rate(t)``, :math:`\lambda_t` =
+  ``weight_decay(t)``, :math:`\rho` = ``decay``, :math:`\beta` =
+  ``momentum``):
+
+  .. math::
+    g &\leftarrow \pm g_t \quad(\text{minus with } \texttt{maximize})\\
+    g &\leftarrow g + \lambda_t\,\theta
+      \quad(\texttt{weight\_decay\_mode="coupled"}, \text{L2})\\
+    \nu_t &= \rho\,\nu_{t-1} + (1-\rho)\,|g|^2, \qquad
+    \mu_t = \rho\,\mu_{t-1} + (1-\rho)\,g \quad(\texttt{centered})\\
+    v &= \hat\nu_t \;\text{ or }\; \max(\hat\nu_t - |\hat\mu_t|^2, 0)
+      \quad(\texttt{centered}),\qquad
+    \hat x = x / (1-\rho^{t+1}) \text{ with } \texttt{bias\_correction}\\
+    u &= g / \sqrt{v + \epsilon}
+      \quad\text{or}\quad g / (\sqrt{v} + \epsilon)
+      \quad(\texttt{eps\_in\_sqrt=False})\\
+    \text{no momentum:}\quad s &= -\eta_t u\\
+    \texttt{lr\_in\_momentum=True:}\quad b_t &= \beta b_{t-1} - \eta_t u,
+      \quad s = b_t \;\;(\text{Nesterov: } s = -\eta_t u + \beta b_t)\\
+    \texttt{lr\_in\_momentum=False:}\quad b_t &= \beta b_{t-1} + u,
+      \quad s = -\eta_t b_t \;\;(\text{Nesterov: } s = -\eta_t(u + \beta b_t))\\
+    s &\leftarrow s - \eta_t \lambda_t\,\theta
+      \quad(\texttt{weight\_decay\_mode="decoupled"})
+
+  and the returned update is :math:`s` (apply it with ``optax.apply_updates``).
+  Both momentum placements agree for a constant learning rate; with a schedule
+  the buffer of ``lr_in_momentum=True`` (optax, Keras, TF1) carries the old
+  rates while PyTorch (``False``) rescales the whole buffer by today's.
+
+  Non-finite gradients propagate, as in optax: a NaN or inf gradient makes the
+  matching ``nu`` and parameter non-finite. Wrap the optimizer in
+  ``optax.apply_if_finite(tx, max_consecutive_errors)`` to skip such steps and
+  keep the state clean.
+
+  Args:
+    learning_rate: :math:`\eta`, a non-negative number or an ``optax.Schedule``
+      of the 0-based step.
+    decay: :math:`\rho` in [0, 1).
+    eps: :math:`\epsilon` > 0. Zero is refused: it divides by zero wherever
+      :math:`v = 0` (a gradient element that has been zero so far), and
+      0 * inf is NaN. A tiny value (``1e-30``) is nearly scale-invariant.
+    initial_scale: initial :math:`\nu` (>= 0; TF1 uses 1).
+    eps_in_sqrt: whether ``eps`` goes inside the square root.
+    centered: use the centered second moment (Graves 2013, eq. 38-45).
+    momentum: :math:`\beta` in [0, 1), or ``None`` for no momentum buffer.
+    nesterov: Nesterov momentum (needs ``momentum``).
+    bias_correction: debias the EMAs by :math:`1-\rho^{t+1}`.
+    weight_decay: :math:`\lambda` >= 0, a number or schedule; ``None`` or 0 is
+      off.
+    weight_decay_mask: which parameters decay: a pytree of bools (or a prefix
+      of the params tree), or a function of the params returning one, as in
+      ``optax.masked``. Default: all.
+    weight_decay_mode: ``"coupled"`` (L2 added to the gradient before the
+      statistics, as PyTorch/timm/MXNet) or ``"decoupled"`` (applied to the
+      parameters, scaled by the learning rate, as AdamW / timm
+      ``decoupled_decay`` / Keras 3).
+    lr_in_momentum: whether the learning rate multiplies the update before it
+      enters the momentum buffer (optax, Keras, TF1) or the buffer afterwards
+      (PyTorch).
+    maximize: ascend the objective instead of descending it.
+    nu_dtype: dtype of :math:`\nu` (a real floating dtype); default the
+      parameter's real dtype. Statistics are computed in the wider of the
+      gradient's and the state's dtype and stored in the state's.
+    mu_dtype: dtype of :math:`\mu` (centered); default the parameter's.
+    momentum_dtype: dtype of the momentum buffer; default the parameter's.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is one
+    :class:`RMSPropState`.
+
+  Raises:
+    ValueError: a hyperparameter outside its range (the message names it and
+      the allowed range), ``nesterov`` without ``momentum``, an unknown
+      ``weight_decay_mode`` or dtype.
+    TypeError: a hyperparameter of the wrong type.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_rms
+    >>> def f(x):
+    ...   return jnp.sum(x**2)
+    >>> tx = optax_rms.rmsprop(learning_rate=0.1, momentum=0.9)
+    >>> params = jnp.array([1.0, 2.0, 3.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   grads = jax.grad(f)(params)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(f"{f(params):.3f}")
+    0.142
+  """
+  _validate_core(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction)
+  _checks.check_scalar_or_schedule("learning_rate", learning_rate)
+  if momentum is not None:
+    _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  _checks.check_bool("nesterov", nesterov)
+  if nesterov and momentum is None:
+    raise ValueError(
+      "nesterov=True needs momentum (a number in [0, 1)), got momentum=None."
+    )
+  if weight_decay is not None:
+    _checks.check_scalar_or_schedule("weight_decay", weight_decay)
+  _checks.check_choice("weight_decay_mode", weight_decay_mode, ("coupled", "decoupled"))
+  _checks.check_bool("lr_in_momentum", lr_in_momentum)
+  _checks.check_bool("maximize", maximize)
+  init_fn, update_fn = _transformation(
+    learning_rate=learning_rate,
+    decay=decay,
+    eps=eps,
+    initial_scale=initial_scale,
+    eps_in_sqrt=bool(eps_in_sqrt),
+    centered=bool(centered),
+    momentum=momentum,
+    nesterov=bool(nesterov),
+    bias_correction=bool(bias_correction),
+    weight_decay=weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    weight_decay_mode=weight_decay_mode,
+    lr_in_momentum=bool(lr_in_momentum),
+    maximize=bool(maximize),
+    nu_dtype=_checks.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
+    mu_dtype=_checks.canonical_dtype("mu_dtype", mu_dtype, allow_complex=True),
+    momentum_dtype=_checks.canonical_dtype(
+      "momentum_dtype", momentum_dtype, allow_complex=True
+    ),
+    name="optax_rms.rmsprop",
+  )
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
