@@ -140,7 +140,7 @@ def check_same_structure(what: str, updates: Any, state_tree: Any) -> Any:
 def check_params_inexact(what: str, params: Any) -> None:
   """Raises TypeError naming the first integer or boolean parameter leaf."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    dtype = jnp.result_type(getattr(leaf, "dtype", leaf))
+    dtype = getattr(leaf, "dtype", None) or np.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.inexact):
       raise TypeError(
         f"{what}: parameter {jax.tree_util.keystr(path)} has dtype {dtype}; "

@@ -52,14 +52,15 @@ def _abs_sq(x: jax.Array) -> jax.Array:
   return jnp.square(x)
 
 
-def _real_dtype(dtype: jnp.dtype) -> jnp.dtype:
-  return jnp.finfo(dtype).dtype  # complex64 -> float32, float32 -> float32
+def _real_dtype(dtype: Any) -> jnp.dtype:
+  """complex64 -> float32, float32 -> float32; float64 -> float32 unless x64."""
+  return jax.dtypes.canonicalize_dtype(jnp.finfo(dtype).dtype)
 
 
 def _buffer_dtype(param_dtype: Any, requested: jnp.dtype | None) -> jnp.dtype:
   """Dtype of mu/momentum: as requested, made complex for complex params."""
   if requested is None:
-    return jnp.dtype(param_dtype)
+    return jax.dtypes.canonicalize_dtype(param_dtype)
   if jnp.issubdtype(param_dtype, jnp.complexfloating):
     return jnp.promote_types(requested, jnp.complex64)
   return requested
@@ -103,7 +104,7 @@ def _transformation(
     _checks.check_params_inexact(name, params)
 
     def nu_init(p):
-      dtype = nu_dtype or _real_dtype(jnp.result_type(p.dtype))
+      dtype = nu_dtype or _real_dtype(p.dtype)
       return jnp.full_like(p, initial_scale, dtype=dtype)
 
     def zeros(requested):
@@ -156,6 +157,7 @@ def _transformation(
     debias = 1 - decay**count_inc if bias_correction else None
 
     def leaf(g, nu, mu, mom, p, decay_this_leaf):
+      g = jnp.asarray(g)  # NumPy float64 gradients become float32 (unless x64)
       out_dtype = g.dtype
       g = g.astype(jnp.promote_types(g.dtype, nu.dtype))
       if maximize:

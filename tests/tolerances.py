@@ -1,0 +1,45 @@
+"""Comparison tolerances, per dtype, with the reason for each.
+
+Import as `from tolerances import assert_close, TOL` (pytest puts tests/ on
+sys.path).
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+# Same computation, same dtype (optax vs optax_rms): both run the same sequence
+# of IEEE operations, but XLA may fuse or reassociate them differently, so a
+# few units in the last place may differ per step. float32 eps = 1.2e-7;
+# bfloat16 eps = 7.8e-3 (8 bits of mantissa). The test values are O(1), and a
+# parameter that moves at scale 1 and ends near 0 keeps the absolute rounding
+# error of scale 1, so atol is a few ulps *at 1.0*: 4 for float32, 2 for bf16.
+SAME_MATH = {
+  jnp.dtype(jnp.float32): dict(rtol=2e-6, atol=4.8e-7),
+  jnp.dtype(jnp.bfloat16): dict(rtol=2e-2, atol=1.6e-2),
+  jnp.dtype(jnp.complex64): dict(rtol=2e-6, atol=4.8e-7),
+}
+
+# optax_rms in float32 against a float64 NumPy reference after tens of steps on
+# a fixed gradient sequence: each step's update carries a relative error of a
+# few float32 ulps (rsqrt/sqrt are correctly rounded to ~1 ulp, each of the ~8
+# elementwise ops adds <= 0.5 ulp), and params accumulate ~50 such steps, so
+# ~50 * 8 * 6e-8 ~ 2.4e-5 relative to the size of a step in the worst case.
+VS_FLOAT64 = {
+  jnp.dtype(jnp.float32): dict(rtol=2e-5, atol=2e-6),
+  jnp.dtype(jnp.complex64): dict(rtol=2e-5, atol=2e-6),
+  # bfloat16 params hold 8 bits: one rounding of the parameter itself is
+  # 2^-8 relative, and params are rounded once per step.
+  jnp.dtype(jnp.bfloat16): dict(rtol=3e-2, atol=3e-2),
+}
+
+
+def assert_close(actual, desired, table, dtype, err_msg=""):
+  tol = table[jnp.dtype(dtype)]
+  np.testing.assert_allclose(
+    np.asarray(actual, dtype=np.complex128 if np.iscomplexobj(actual) else np.float64),
+    np.asarray(
+      desired, dtype=np.complex128 if np.iscomplexobj(desired) else np.float64
+    ),
+    err_msg=err_msg,
+    **tol,
+  )
