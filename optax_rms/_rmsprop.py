@@ -422,15 +422,19 @@ def rmsprop(
     >>> import optax_rms
     >>> def f(x):
     ...   return jnp.sum(x**2)
-    >>> tx = optax_rms.rmsprop(learning_rate=0.1, momentum=0.9)
-    >>> params = jnp.array([1.0, 2.0, 3.0])
-    >>> state = tx.init(params)
-    >>> for _ in range(3):
-    ...   grads = jax.grad(f)(params)
-    ...   updates, state = tx.update(grads, state, params)
-    ...   params = optax.apply_updates(params, updates)
+    >>> def fit(tx, steps=20):
+    ...   params = jnp.array([1.0, 2.0, 3.0])
+    ...   state = tx.init(params)
+    ...   for _ in range(steps):
+    ...     grads = jax.grad(f)(params)
+    ...     updates, state = tx.update(grads, state, params)
+    ...     params = optax.apply_updates(params, updates)
+    ...   return params
+    >>> params = fit(optax_rms.rmsprop(learning_rate=0.1, momentum=0.9))
     >>> print(f"{f(params):.3f}")
-    0.142
+    0.834
+    >>> bool(jnp.all(params == fit(optax.rmsprop(0.1, momentum=0.9))))
+    True
   """
   _validate_core(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction)
   _checks.check_scalar_or_schedule("learning_rate", learning_rate)

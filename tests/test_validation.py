@@ -1,0 +1,156 @@
+"""Bad input fails at construction time with a message naming the argument."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_rms
+
+BAD_VALUES = [
+  # (kwargs, exception, message pattern: the argument and the allowed range)
+  (dict(learning_rate=-0.1), ValueError, r"learning_rate .*\[0, inf\].*-0\.1"),
+  (dict(learning_rate=float("nan")), ValueError, r"learning_rate .*finite"),
+  (dict(learning_rate=float("inf")), ValueError, r"learning_rate .*finite"),
+  (dict(learning_rate=lambda step: -1.0), ValueError, r"learning_rate \(schedule"),
+  (
+    dict(learning_rate=lambda step: jnp.ones(3)),
+    ValueError,
+    r"schedule must return a scalar",
+  ),
+  (dict(learning_rate="0.1"), TypeError, r"learning_rate must be a number.*str"),
+  (dict(learning_rate=[0.1, 0.2]), TypeError, r"learning_rate must be a number.*list"),
+  (
+    dict(learning_rate=np.array([0.1, 0.2])),
+    ValueError,
+    r"learning_rate must be a scalar",
+  ),
+  (
+    dict(learning_rate=jnp.array([0.1, 0.2])),
+    ValueError,
+    r"learning_rate must be a scalar",
+  ),
+  (dict(decay=1.0), ValueError, r"decay .*\[0, 1\)"),
+  (dict(decay=-0.1), ValueError, r"decay .*\[0, 1\)"),
+  (dict(decay=float("nan")), ValueError, r"decay .*\[0, 1\)"),
+  (dict(eps=-1e-8), ValueError, r"eps .*\(0, inf\]"),
+  (dict(eps=0.0), ValueError, r"eps .*\(0, inf\]"),
+  (dict(eps=0.0, eps_in_sqrt=False), ValueError, r"eps .*\(0, inf\]"),
+  (dict(initial_scale=-1.0), ValueError, r"initial_scale .*\[0, inf\]"),
+  (dict(momentum=1.0), ValueError, r"momentum .*\[0, 1\)"),
+  (dict(momentum=-0.5), ValueError, r"momentum .*\[0, 1\)"),
+  (dict(nesterov=True), ValueError, r"nesterov=True needs momentum"),
+  (dict(centered="yes"), TypeError, r"centered must be a bool"),
+  (dict(eps_in_sqrt=1), TypeError, r"eps_in_sqrt must be a bool"),
+  (dict(weight_decay=-1e-4), ValueError, r"weight_decay .*\[0, inf\]"),
+  (
+    dict(weight_decay=1e-4, weight_decay_mode="adamw"),
+    ValueError,
+    r"weight_decay_mode must be one of \('coupled', 'decoupled'\)",
+  ),
+  (dict(maximize=None), TypeError, r"maximize must be a bool"),
+  (dict(lr_in_momentum="after"), TypeError, r"lr_in_momentum must be a bool"),
+  (dict(nu_dtype="flaot32"), ValueError, r"nu_dtype must be a dtype"),
+  (dict(nu_dtype=jnp.int8), ValueError, r"nu_dtype must be a floating dtype"),
+  (dict(nu_dtype=jnp.complex64), ValueError, r"nu_dtype must be a floating dtype"),
+  (dict(mu_dtype="int32"), ValueError, r"mu_dtype must be a floating or complex"),
+  (dict(momentum_dtype=jnp.asarray(0.0)), ValueError, r"momentum_dtype .*static_args"),
+]
+
+
+@pytest.mark.parametrize(
+  "kwargs,error,pattern", BAD_VALUES, ids=[repr(b[0])[:60] for b in BAD_VALUES]
+)
+def test_bad_hyperparameters_raise_at_construction(kwargs, error, pattern):
+  kwargs = {"learning_rate": 0.1, **kwargs}
+  with pytest.raises(error, match=pattern):
+    optax_rms.rmsprop(**kwargs)
+
+
+def test_unknown_option_is_refused():
+  with pytest.raises(TypeError, match="unexpected keyword argument 'nestrov'"):
+    optax_rms.rmsprop(0.1, momentum=0.9, nestrov=True)
+
+
+@pytest.mark.parametrize(
+  "kwargs,pattern",
+  [
+    (dict(decay=1.5), r"decay"),
+    (dict(eps=-1.0), r"eps"),
+    (dict(initial_scale=-1.0), r"initial_scale"),
+    (dict(centered=1), r"centered"),
+    (dict(nu_dtype="int8"), r"nu_dtype"),
+  ],
+)
+def test_scale_by_rms_validates_too(kwargs, pattern):
+  with pytest.raises((ValueError, TypeError), match=pattern):
+    optax_rms.scale_by_rms(**kwargs)
+
+
+def test_boundaries_are_accepted():
+  for kw in (
+    dict(learning_rate=0.0),
+    dict(decay=0.0),
+    dict(momentum=0.0, nesterov=True),
+    dict(initial_scale=0.0),
+    dict(eps=1e-30),
+    dict(weight_decay=0),
+    dict(learning_rate=np.float32(0.1), decay=np.float64(0.5)),
+    dict(centered=np.bool_(True)),
+    dict(nu_dtype=np.dtype("float32"), mu_dtype="bfloat16"),
+  ):
+    optax_rms.rmsprop(**{"learning_rate": 0.1, **kw})
+
+
+def test_traced_hyperparameters_are_not_read():
+  """Inside jit (as inject_hyperparams passes them) values are tracers: no
+  check can read them, and none must force a host sync."""
+
+  @jax.jit
+  def step(lr, decay, momentum, g):
+    tx = optax_rms.rmsprop(lr, decay=decay, momentum=momentum)
+    u, _ = tx.update(g, tx.init(g))
+    return u
+
+  u = step(0.1, 0.9, 0.5, jnp.ones(3))
+  assert u.shape == (3,)
+
+
+def test_integer_params_are_refused_with_the_leaf_named():
+  tx = optax_rms.rmsprop(0.1)
+  with pytest.raises(TypeError, match=r"\['steps'\] has dtype int32"):
+    tx.init({"w": jnp.ones(2), "steps": jnp.zeros((), jnp.int32)})
+
+
+def test_mismatched_gradient_tree_names_both_structures():
+  tx = optax_rms.rmsprop(0.1)
+  state = tx.init({"a": jnp.ones(2), "b": jnp.ones(3)})
+  with pytest.raises(
+    ValueError,
+    match=r"(?s)gradients: PyTreeDef\(\{'a': \*\}\).*"
+    r"state: +PyTreeDef\(\{'a': \*, 'b': \*\}\)",
+  ):
+    tx.update({"a": jnp.ones(2)}, state)
+
+
+def test_weight_decay_without_params_is_a_clear_error():
+  tx = optax_rms.rmsprop(0.1, weight_decay=1e-2)
+  g = jnp.ones(2)
+  with pytest.raises(ValueError, match=r"weight_decay needs the parameters"):
+    tx.update(g, tx.init(g))
+
+
+def test_bad_weight_decay_mask_leaf():
+  tx = optax_rms.rmsprop(0.1, weight_decay=1e-2, weight_decay_mask={"w": "yes"})
+  p = {"w": jnp.ones(2)}
+  with pytest.raises(TypeError, match="weight_decay_mask leaves must be Python bools"):
+    tx.update(p, tx.init(p), p)
+
+
+def test_nesterov_without_momentum_differs_from_optax_deliberately():
+  """optax.rmsprop silently ignores nesterov=True when momentum is None; we
+  refuse it, since the user asked for something that would not happen."""
+  optax.rmsprop(0.1, nesterov=True)  # accepted there
+  with pytest.raises(ValueError, match="nesterov"):
+    optax_rms.rmsprop(0.1, nesterov=True)
