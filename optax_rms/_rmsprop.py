@@ -368,6 +368,14 @@ def rmsprop(
   the buffer of ``lr_in_momentum=True`` (optax, Keras, TF1) carries the old
   rates while PyTorch (``False``) rescales the whole buffer by today's.
 
+  ``centered=True`` with ``bias_correction=True`` and ``initial_scale=0``:
+  after one step the variance estimate :math:`\hat\nu_1 - |\hat\mu_1|^2` of a
+  single sample is exactly 0, so the first update is :math:`-\eta g /
+  \sqrt{\epsilon}` (``lr / sqrt(eps)`` times the gradient), and in floating
+  point it is the difference of two equal numbers, so its rounding decides the
+  step (optax returns NaN where it rounds negative; here it is clamped to 0).
+  Prefer ``initial_scale > 0`` or no bias correction with ``centered``.
+
   Non-finite gradients propagate, as in optax: a NaN or inf gradient makes the
   matching ``nu`` and parameter non-finite. Wrap the optimizer in
   ``optax.apply_if_finite(tx, max_consecutive_errors)`` to skip such steps and
