@@ -123,10 +123,17 @@ def _frameworks_module():
 )
 def test_matches_live_framework(fw, case):
   """The same comparison against the installed framework itself."""
-  needs = {"torch": "torch", "timm": "timm", "keras": "keras"}[fw]
-  pytest.importorskip(
-    needs, reason=f"{needs} is not installed (pip install -e '.[parity]')"
-  )
+  if fw == "timm":
+    # timm's __init__ needs torchvision (no CPU build here); the runner loads
+    # only timm/optim, so its presence is all that is asked.
+    if not all(importlib.util.find_spec(m) for m in ("timm", "torch")):
+      pytest.skip(
+        "timm is not installed (pip install torch==2.13.0; pip install --no-deps timm)"
+      )
+  else:
+    pytest.importorskip(
+      fw, reason=f"{fw} is not installed (pip install -e '.[parity]')"
+    )
   params0, grads = _inputs()
   lrs = np.load(GOLDENS / f"{fw}.npz")[f"{case}/lrs"]
   kwargs = _manifest(fw)["cases"][case]["kwargs"]
