@@ -130,25 +130,31 @@ def test_matches_optax_rmsprop_under_jit_scan(kw):
     assert_close(p_ours[name], p_ref[name], SAME_MATH, jnp.float32, err_msg=name)
 
 
-def test_centered_variance_clamp_keeps_step_one_finite():
+@pytest.mark.parametrize("eps_in_sqrt", [True, False])
+def test_centered_variance_clamp_keeps_step_one_finite(eps_in_sqrt):
   """centered + bias_correction: at step 1 nu_hat - mu_hat^2 is 0 in exact
-  arithmetic and pure rounding noise in float32. optax yields NaN where the
-  noise is negative (eps outside the sqrt); optax_rms clamps it to 0 and
-  returns the exact-arithmetic step -lr * g / eps."""
+  arithmetic and pure rounding noise in float32. optax takes the noise as it
+  comes: NaN where it is negative and eps is outside the sqrt, a step larger
+  than the exact one where it is negative and eps is inside. optax_rms clamps
+  the variance at 0, so its step is finite and never larger than the
+  exact-arithmetic step -lr * g / denom(0), denom(0) = sqrt(eps) or eps."""
   g = jax.random.normal(jax.random.PRNGKey(3), (4096,))
-  kw = dict(centered=True, bias_correction=True, eps_in_sqrt=False, eps=1e-3)
+  eps = 1e-3
+  kw = dict(centered=True, bias_correction=True, eps_in_sqrt=eps_in_sqrt, eps=eps)
   ref, tx = optax.rmsprop(0.1, **kw), optax_rms.rmsprop(0.1, **kw)
   u_ref, _ = ref.update(g, ref.init(g))
   u_ours, _ = tx.update(g, tx.init(g))
-  assert np.any(np.isnan(u_ref)), "optax no longer produces NaN here: revisit"
+  bound = (
+    0.1 * np.abs(np.asarray(g, np.float64)) / (np.sqrt(eps) if eps_in_sqrt else eps)
+  )
+  slack = 1 + 4 * np.finfo(np.float32).eps  # the float32 rounding of the bound
   assert np.all(np.isfinite(u_ours))
-  # Where optax is finite, both divide by sqrt(noise) + eps; the exact answer
-  # (var = 0) is -lr * g / eps and ours is never further from it than optax.
-  exact = -0.1 * np.asarray(g, np.float64) / 1e-3
-  err_ours = np.abs(np.asarray(u_ours) - exact)
-  err_ref = np.abs(np.asarray(u_ref) - exact)
-  finite = np.isfinite(err_ref)
-  assert np.all(err_ours[finite] <= err_ref[finite] * (1 + 1e-6) + 1e-6)
+  assert np.all(np.abs(np.asarray(u_ours)) <= bound * slack)
+  # Why the clamp: optax breaks the bound (NaN, or a larger step).
+  abs_ref = np.abs(np.asarray(u_ref))
+  assert np.any(~np.isfinite(abs_ref) | (abs_ref > bound * slack)), (
+    "optax no longer breaks the bound here: revisit the clamp's rationale"
+  )
 
 
 # --------------------------------------------------------------------------
