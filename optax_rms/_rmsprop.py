@@ -511,7 +511,7 @@ def rmsprop(
     >>> print(f"{f(params):.3f}")
     0.834
     >>> ref = fit(optax.rmsprop(0.1, momentum=0.9))  # same numbers as optax
-    >>> bool(jnp.allclose(params, ref, rtol=1e-6, atol=1e-7))
+    >>> bool(jnp.allclose(params, ref, rtol=2e-6, atol=5e-7))  # float32 rounding
     True
   """
   _validate_core(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction)
