@@ -165,3 +165,43 @@ def resolve_mask(
         f"parameter, as in optax.masked), got {type(flag).__name__}."
       )
   return [bool(f) for f in flags]
+
+
+def check_state(
+  what: str, updates: Any, state: Any, *, centered: bool, has_momentum: bool
+) -> Any:
+  """Checks the state matches this optimizer and the gradients; returns treedef.
+
+  Catches a state restored from another configuration (centered or not, with
+  or without momentum) or from other parameters (tree or shapes), with a
+  message naming the mismatch, before anything is traced.
+  """
+  for field, wanted, option in (
+    ("mu", centered, "centered=True"),
+    ("momentum", has_momentum, "momentum"),
+  ):
+    present = getattr(state, field, None) is not None
+    if present != wanted:
+      made = "with" if present else "without"
+      raise ValueError(
+        f"{what}: the state has {'a' if present else 'no'} {field!r} buffer: "
+        f"it was made by an optimizer {made} {option}, but this one is "
+        f"{'not ' if not wanted else ''}configured with it. Re-create the "
+        "state with this optimizer's init, or build the optimizer that made it."
+      )
+  treedef = check_same_structure(what, updates, state.nu)
+  for field in ("nu", "mu", "momentum"):
+    tree = getattr(state, field, None)
+    if tree is None:
+      continue
+    if field != "nu":
+      check_same_structure(what, updates, tree)
+    paths = jax.tree_util.tree_leaves_with_path(tree)
+    for (path, s), g in zip(paths, jax.tree.leaves(updates), strict=True):
+      if np.shape(s) != np.shape(g):
+        raise ValueError(
+          f"{what}: state.{field}{jax.tree_util.keystr(path)} has shape "
+          f"{np.shape(s)} but its gradient has shape {np.shape(g)} (was the "
+          "state initialised from other parameters?)."
+        )
+  return treedef

@@ -53,16 +53,32 @@ def _abs_sq(x: jax.Array) -> jax.Array:
   return jnp.square(x)
 
 
-def _real_dtype(dtype: Any) -> jnp.dtype:
-  """complex64 -> float32, float32 -> float32; float64 -> float32 unless x64."""
-  return jax.dtypes.canonicalize_dtype(jnp.finfo(dtype).dtype)
+def _statistic_dtype(param_dtype: Any, requested: jnp.dtype | None) -> jnp.dtype:
+  """Default dtype of nu (and of mu, whose square enters the variance).
+
+  The parameter's real dtype, as optax, except float16: squares of gradients
+  above 256 overflow it and below ~2.4e-4 underflow (and eps=1e-8 itself
+  rounds to 0), so its statistics are kept in float32. bfloat16 has float32's
+  exponent range and keeps its own dtype. float64 becomes float32 unless x64.
+  """
+  if requested is not None:
+    return requested
+  real = jnp.finfo(param_dtype).dtype  # complex64 -> float32
+  if real == jnp.float16:
+    return jnp.dtype(jnp.float32)
+  return jax.dtypes.canonicalize_dtype(real)
 
 
-def _buffer_dtype(param_dtype: Any, requested: jnp.dtype | None) -> jnp.dtype:
+def _buffer_dtype(
+  param_dtype: Any, requested: jnp.dtype | None, *, statistic: bool = False
+) -> jnp.dtype:
   """Dtype of mu/momentum: as requested, made complex for complex params."""
+  is_complex = jnp.issubdtype(param_dtype, jnp.complexfloating)
   if requested is None:
+    if statistic and not is_complex:
+      return _statistic_dtype(param_dtype, None)
     return jax.dtypes.canonicalize_dtype(param_dtype)
-  if jnp.issubdtype(param_dtype, jnp.complexfloating):
+  if is_complex:
     return jnp.promote_types(requested, jnp.complex64)
   return requested
 
@@ -241,16 +257,18 @@ def _transformation(
     _checks.check_params_inexact(name, params)
 
     def nu_init(p):
-      dtype = nu_dtype or _real_dtype(p.dtype)
+      dtype = _statistic_dtype(p.dtype, nu_dtype)
       return jnp.full_like(p, initial_scale, dtype=dtype)
 
-    def zeros(requested):
-      return lambda p: jnp.zeros_like(p, dtype=_buffer_dtype(p.dtype, requested))
+    def zeros(requested, statistic=False):
+      return lambda p: jnp.zeros_like(
+        p, dtype=_buffer_dtype(p.dtype, requested, statistic=statistic)
+      )
 
     return RMSPropState(
       count=jnp.zeros([], jnp.int32),
       nu=jax.tree.map(nu_init, params),
-      mu=jax.tree.map(zeros(mu_dtype), params) if centered else None,
+      mu=jax.tree.map(zeros(mu_dtype, statistic=True), params) if centered else None,
       momentum=(
         jax.tree.map(zeros(momentum_dtype), params) if momentum is not None else None
       ),
@@ -263,7 +281,9 @@ def _transformation(
     **extra_args: Any,
   ) -> tuple[optax.Updates, RMSPropState]:
     del extra_args
-    treedef = _checks.check_same_structure(name, updates, state.nu)
+    treedef = _checks.check_state(
+      name, updates, state, centered=centered, has_momentum=momentum is not None
+    )
     if use_wd:
       if params is None:
         raise ValueError(
@@ -477,9 +497,11 @@ def rmsprop(
       (PyTorch).
     maximize: ascend the objective instead of descending it.
     nu_dtype: dtype of :math:`\nu` (a real floating dtype); default the
-      parameter's real dtype. Statistics are computed in the wider of the
-      gradient's and the state's dtype and stored in the state's.
-    mu_dtype: dtype of :math:`\mu` (centered); default the parameter's.
+      parameter's real dtype (as optax), except float32 for float16
+      parameters, whose range cannot hold squared gradients (they overflow
+      above 256 and underflow below ~2.4e-4). Statistics are computed in the
+      wider of the gradient's and the state's dtype and stored in the state's.
+    mu_dtype: dtype of :math:`\mu` (centered); default as ``nu_dtype``.
     momentum_dtype: dtype of the momentum buffer; default the parameter's.
 
   Returns:

@@ -57,3 +57,20 @@ def assert_close(actual, desired, table, dtype, err_msg=""):
 VS_FRAMEWORK = {
   jnp.dtype(jnp.float32): dict(rtol=1e-6, atol=2e-6),
 }
+
+
+# One step's update in a low-precision dtype against float64, after up to 30
+# steps of statistics (tests/test_numerics.py). u = unit roundoff.
+# - float32 (u = 6e-8): nu carries ~3 roundings per step, damped by decay 0.9,
+#   so <= 30u relative, halved by the square root, plus ~3u in the update:
+#   ~18u = 1e-6; 1e-5 leaves room for eps and the centered subtraction.
+# - float16 params: the statistics live in float32 (the default), so the only
+#   float16 rounding is the final update's (u = 2^-11 = 4.9e-4): 2u, and an
+#   absolute 2^-24 for updates below float16's normal range.
+# - bfloat16 (u = 2^-8 = 3.9e-3) with the state in bfloat16 too: the same 18u
+#   worst-case bound = 7e-2; 8e-2. (atol: bf16 has float32's range.)
+LOW_PRECISION_UPDATE = {
+  jnp.dtype(jnp.float32): dict(rtol=1e-5, atol=1e-30),
+  jnp.dtype(jnp.float16): dict(rtol=1e-3, atol=2.0**-24),
+  jnp.dtype(jnp.bfloat16): dict(rtol=8e-2, atol=1e-30),
+}

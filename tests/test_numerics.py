@@ -1,0 +1,187 @@
+"""Numerics under stress: low precision, state integrity, determinism."""
+
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from reference import reference_rmsprop
+from tolerances import LOW_PRECISION_UPDATE
+
+import optax_rms
+
+VARIANTS = {
+  "plain": dict(),
+  "centered": dict(centered=True),
+  "momentum": dict(momentum=0.9),
+  "bias_correction": dict(bias_correction=True),
+  "eps_outside": dict(eps_in_sqrt=False),
+}
+
+
+def _wide_gradients(dtype, steps=30, shape=(64,), seed=0):
+  """Gradients with magnitudes log-uniform over 1e-8..1e4 and random signs,
+  rounded to `dtype` (what the optimizer really receives)."""
+  rng = np.random.default_rng(seed)
+  mags = 10.0 ** rng.uniform(-8, 4, size=(steps, *shape))
+  g = mags * rng.choice([-1.0, 1.0], size=mags.shape)
+  return np.asarray(jnp.asarray(g, dtype).astype(jnp.float32), np.float64)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(
+  "dtype", [jnp.float32, jnp.float16, jnp.bfloat16], ids=["f32", "f16", "bf16"]
+)
+def test_low_precision_updates_are_finite_and_match_float64(dtype, variant):
+  kw = VARIANTS[variant]
+  grads = _wide_gradients(dtype)
+  params = {"x": np.ones(grads.shape[1])}
+  ref_updates = [
+    r["x"]
+    for r in reference_rmsprop(
+      params, [{"x": g} for g in grads], lr=0.01, return_updates=True, **kw
+    )
+  ]
+
+  tx = optax_rms.rmsprop(0.01, **kw)
+  p = {"x": jnp.ones(grads.shape[1], dtype)}
+  state = tx.init(p)
+  update = jax.jit(tx.update)
+  for t, g in enumerate(grads):
+    u, state = update({"x": jnp.asarray(g, dtype)}, state, p)
+    assert u["x"].dtype == jnp.dtype(dtype)
+    nu = np.asarray(state.nu["x"], np.float64)
+    assert np.all(np.isfinite(nu)), f"step {t}: nu not finite"
+    seen = np.any(grads[: t + 1] != 0, axis=0)
+    assert np.all(nu[seen] > 0), f"step {t}: nu rounded to 0"
+    assert np.all(np.isfinite(np.asarray(u["x"], np.float64))), f"step {t}"
+    tol = dict(LOW_PRECISION_UPDATE[jnp.dtype(dtype)])
+    if "momentum" in kw:
+      # The buffer sums terms of size up to lr/sqrt(1-decay) with random signs
+      # (at most 1/(1-momentum) of them effectively): its rounding is relative
+      # to those terms, not to their possibly cancelled sum.
+      tol["atol"] = tol["rtol"] * 0.01 / np.sqrt(1 - 0.9) / (1 - kw["momentum"])
+    np.testing.assert_allclose(
+      np.asarray(u["x"], np.float64),
+      ref_updates[t],
+      err_msg=f"{variant} step {t}",
+      **tol,
+    )
+
+
+def test_float16_statistics_default_to_float32():
+  p = {"x": jnp.ones(3, jnp.float16)}
+  state = optax_rms.rmsprop(0.1, centered=True, momentum=0.9).init(p)
+  assert state.nu["x"].dtype == jnp.float32
+  assert state.mu["x"].dtype == jnp.float32
+  assert state.momentum["x"].dtype == jnp.float16
+  # The user's choice wins.
+  state = optax_rms.rmsprop(0.1, nu_dtype="float16").init(p)
+  assert state.nu["x"].dtype == jnp.float16
+
+
+def test_float16_state_in_optax_overflows_where_ours_does_not():
+  """Why float16 statistics default to float32: optax keeps them in float16."""
+  p = jnp.ones(2, jnp.float16)
+  g = jnp.array([300.0, 1e-6], jnp.float16)
+  u_ref, _ = optax.rmsprop(0.01).update(g, optax.rmsprop(0.01).init(p))
+  u_ours, _ = optax_rms.rmsprop(0.01).update(g, optax_rms.rmsprop(0.01).init(p))
+  assert not np.all(np.isfinite(np.asarray(u_ref, np.float32)) & (u_ref != 0))
+  assert np.all(np.isfinite(np.asarray(u_ours, np.float32)))
+  assert np.all(np.asarray(u_ours) != 0)
+
+
+# ----------------------------------------------------------- state integrity
+
+
+@pytest.mark.parametrize(
+  "made_with,used_with,pattern",
+  [
+    (dict(), dict(centered=True), r"no 'mu' buffer.*without centered=True"),
+    (dict(centered=True), dict(), r"has a 'mu' buffer.*with centered=True"),
+    (dict(), dict(momentum=0.9), r"no 'momentum' buffer.*without momentum"),
+    (dict(momentum=0.9), dict(), r"has a 'momentum' buffer"),
+  ],
+)
+def test_state_from_another_configuration_is_named(made_with, used_with, pattern):
+  p = {"w": jnp.ones((2, 3))}
+  state = optax_rms.rmsprop(0.1, **made_with).init(p)
+  tx = optax_rms.rmsprop(0.1, **used_with)
+  with pytest.raises(ValueError, match=pattern):
+    tx.update(p, state)
+  with pytest.raises(ValueError, match=pattern):
+    jax.jit(tx.update)(p, state)
+
+
+def test_state_from_other_shapes_names_the_leaf():
+  tx = optax_rms.rmsprop(0.1, momentum=0.9)
+  state = tx.init({"w": jnp.ones((2, 3)), "b": jnp.ones(3)})
+  grads = {"w": jnp.ones((3, 2)), "b": jnp.ones(3)}
+  with pytest.raises(
+    ValueError,
+    match=r"state\.nu\['w'\] has shape \(2, 3\) but its "
+    r"gradient has shape \(3, 2\)",
+  ):
+    tx.update(grads, state)
+
+
+def test_orbax_restore_of_another_configuration_is_named(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  p = {"w": jnp.ones((2, 3))}
+  centered = optax_rms.rmsprop(0.1, centered=True)
+  state = centered.init(p)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / "state", state)
+  with ocp.StandardCheckpointer() as ckpt:
+    restored = ckpt.restore(tmp_path / "state")  # no target: whatever was saved
+  # Rebuild the NamedTuple from the saved fields, as a user would.
+  state_like = (
+    optax_rms.RMSPropState(**restored)
+    if isinstance(restored, dict)
+    else (optax_rms.RMSPropState(*restored))
+  )
+  with pytest.raises(ValueError, match=r"has a 'mu' buffer"):
+    optax_rms.rmsprop(0.1).update(p, state_like)
+
+
+def test_state_survives_device_put_and_pickle():
+  tx = optax_rms.rmsprop(0.1, centered=True, momentum=0.9)
+  p = {"w": jnp.arange(6.0).reshape(2, 3)}
+  state = tx.init(p)
+  _, state = tx.update(p, state, p)
+  moved = jax.device_put(state, jax.devices()[-1])
+  copied = pickle.loads(pickle.dumps(moved))
+  u1, _ = tx.update(p, state, p)
+  u2, _ = tx.update(p, copied, p)
+  np.testing.assert_array_equal(u1["w"], u2["w"])
+
+
+# ------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize(
+  "kw", [dict(), dict(centered=True, momentum=0.9, bias_correction=True)]
+)
+def test_eager_and_jit_are_identical_and_deterministic(kw):
+  """The update is one jitted computation, called eagerly or inside jit."""
+  tx = optax_rms.rmsprop(optax.linear_schedule(0.1, 0.01, 10), **kw)
+  key = jax.random.PRNGKey(0)
+  p = {"w": jax.random.normal(key, (17, 5)), "b": jnp.ones(5)}
+  s_eager = s_jit = tx.init(p)
+  update = jax.jit(tx.update)
+  for t in range(5):
+    key_t = jax.random.fold_in(key, t)
+    g = jax.tree.map(lambda x, k=key_t: jax.random.normal(k, x.shape), p)
+    u_eager, s_eager = tx.update(g, s_eager, p)
+    u_again, _ = tx.update(g, s_jit, p)
+    u_jit, s_jit = update(g, s_jit, p)
+    for a, b, c in zip(
+      jax.tree.leaves(u_eager),
+      jax.tree.leaves(u_jit),
+      jax.tree.leaves(u_again),
+      strict=True,
+    ):
+      np.testing.assert_array_equal(a, b)
+      np.testing.assert_array_equal(a, c)
