@@ -168,7 +168,13 @@ def resolve_mask(
 
 
 def check_state(
-  what: str, updates: Any, state: Any, *, centered: bool, has_momentum: bool
+  what: str,
+  updates: Any,
+  state: Any,
+  *,
+  centered: bool,
+  has_momentum: bool,
+  quantized: bool = False,
 ) -> Any:
   """Checks the state matches this optimizer and the gradients; returns treedef.
 
@@ -179,6 +185,7 @@ def check_state(
   for field, wanted, option in (
     ("mu", centered, "centered=True"),
     ("momentum", has_momentum, "momentum"),
+    ("nu_scale", quantized, "nu_quantization='8bit'"),
   ):
     present = getattr(state, field, None) is not None
     if present != wanted:

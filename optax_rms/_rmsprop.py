@@ -10,6 +10,7 @@ the package (the framework presets included) only maps arguments onto
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rms import _checks
+from optax_rms import _checks, _quantize
 
 ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 WeightDecayMode: TypeAlias = Literal["coupled", "decoupled"]
@@ -38,12 +39,16 @@ class RMSPropState(NamedTuple):
       parameter (real even for complex parameters).
     mu: EMA of the gradients (``centered=True``), else ``None``.
     momentum: the momentum buffer (``momentum`` not ``None``), else ``None``.
+    nu_scale: with ``nu_quantization="8bit"``, one float32 maximum per block
+      of 256 elements of each ``nu`` (which then holds uint8 codes), else
+      ``None``.
   """
 
   count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
   nu: optax.Updates
   mu: optax.Updates | None = None
   momentum: optax.Updates | None = None
+  nu_scale: optax.Updates | None = None
 
 
 def _abs_sq(x: jax.Array) -> jax.Array:
@@ -98,6 +103,7 @@ class _Static(NamedTuple):
   bias_correction: bool
   lr_in_momentum: bool
   maximize: bool
+  quantize_nu: bool
 
 
 @functools.partial(jax.jit, static_argnames=("static",))
@@ -125,6 +131,9 @@ def _apply(
     treedef.flatten_up_to(state.momentum) if static.has_momentum else [None] * n_leaves
   )
   p_leaves = treedef.flatten_up_to(params) if params is not None else [None] * n_leaves
+  scale_leaves = (
+    treedef.flatten_up_to(state.nu_scale) if static.quantize_nu else [None] * n_leaves
+  )
 
   decay, eps, momentum = hyper["decay"], hyper["eps"], hyper["momentum"]
   count = state.count
@@ -143,8 +152,11 @@ def _apply(
   # round to 1 in low precision), divided in the moment's own dtype.
   debias = 1 - decay**count_inc if static.bias_correction else None
 
-  def leaf(g, nu, mu, mom, p, decay_this_leaf):
+  def leaf(index, g, nu, nu_scale, mu, mom, p, decay_this_leaf):
     out_dtype = g.dtype
+    nu_stored = nu
+    if static.quantize_nu:  # 8-bit codes -> float32, requantized below
+      nu = _quantize.dequantize(nu, nu_scale)
     g = g.astype(jnp.promote_types(g.dtype, nu.dtype))
     if static.maximize:
       g = -g
@@ -184,9 +196,14 @@ def _apply(
       if decoupled_wd and decay_this_leaf:
         step = step + (neg_lr * wd) * p  # AdamW-style: -lr * wd * p.
 
+    if static.quantize_nu:
+      new_nu, new_scale = _quantize.quantize(new_nu, count_inc, index)
+    else:
+      new_nu, new_scale = new_nu.astype(nu_stored.dtype), None
     return (
       step.astype(out_dtype),
-      new_nu.astype(nu.dtype),
+      new_nu,
+      new_scale,
       None if new_mu is None else new_mu.astype(mu.dtype),
       None if new_mom is None else new_mom.astype(mom.dtype),
     )
@@ -194,8 +211,10 @@ def _apply(
   out = [
     leaf(*args)
     for args in zip(
+      range(n_leaves),
       g_leaves,
       nu_leaves,
+      scale_leaves,
       mu_leaves,
       mom_leaves,
       p_leaves,
@@ -203,13 +222,16 @@ def _apply(
       strict=True,
     )
   ]
-  steps, nus, mus, moms = zip(*out, strict=True) if out else ([], [], [], [])
+  steps, nus, scales, mus, moms = (
+    zip(*out, strict=True) if out else ([], [], [], [], [])
+  )
   unflatten = lambda xs: jax.tree.unflatten(treedef, list(xs))
   new_state = RMSPropState(
     count=count_inc,
     nu=unflatten(nus),
     mu=unflatten(mus) if static.centered else None,
     momentum=unflatten(moms) if static.has_momentum else None,
+    nu_scale=unflatten(scales) if static.quantize_nu else None,
   )
   return unflatten(steps), new_state
 
@@ -233,6 +255,7 @@ def _transformation(
   nu_dtype: jnp.dtype | None,
   mu_dtype: jnp.dtype | None,
   momentum_dtype: jnp.dtype | None,
+  quantize_nu: bool,
   name: str,
 ) -> tuple[Callable[..., RMSPropState], Callable[..., Any]]:
   """Builds (init_fn, update_fn) for the validated configuration.
@@ -257,8 +280,15 @@ def _transformation(
     _checks.check_params_inexact(name, params)
 
     def nu_init(p):
+      if quantize_nu:  # every element equals its block's maximum: code 255
+        code = jnp.where(jnp.asarray(initial_scale) > 0, 255, 0)
+        return jnp.full_like(p, code, dtype=jnp.uint8)
       dtype = _statistic_dtype(p.dtype, nu_dtype)
       return jnp.full_like(p, initial_scale, dtype=dtype)
+
+    def nu_scale_init(p):
+      blocks = _quantize.num_blocks(math.prod(p.shape))
+      return jnp.full((blocks,), initial_scale, dtype=jnp.float32)
 
     def zeros(requested, statistic=False):
       return lambda p: jnp.zeros_like(
@@ -272,6 +302,7 @@ def _transformation(
       momentum=(
         jax.tree.map(zeros(momentum_dtype), params) if momentum is not None else None
       ),
+      nu_scale=jax.tree.map(nu_scale_init, params) if quantize_nu else None,
     )
 
   def update_fn(
@@ -282,7 +313,12 @@ def _transformation(
   ) -> tuple[optax.Updates, RMSPropState]:
     del extra_args
     treedef = _checks.check_state(
-      name, updates, state, centered=centered, has_momentum=momentum is not None
+      name,
+      updates,
+      state,
+      centered=centered,
+      has_momentum=momentum is not None,
+      quantized=quantize_nu,
     )
     if use_wd:
       if params is None:
@@ -307,6 +343,7 @@ def _transformation(
       bias_correction=bias_correction,
       lr_in_momentum=lr_in_momentum,
       maximize=maximize,
+      quantize_nu=quantize_nu,
     )
     return _apply(updates, state, params, hyper, static=static)
 
@@ -398,6 +435,7 @@ def scale_by_rms(
     nu_dtype=_checks.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
     mu_dtype=None,
     momentum_dtype=None,
+    quantize_nu=False,
     name="optax_rms.scale_by_rms",
   )
   return optax.GradientTransformation(init_fn, update_fn)
@@ -422,6 +460,7 @@ def rmsprop(
   nu_dtype: Any | None = None,
   mu_dtype: Any | None = None,
   momentum_dtype: Any | None = None,
+  nu_quantization: Literal["8bit"] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
 
@@ -503,6 +542,11 @@ def rmsprop(
       wider of the gradient's and the state's dtype and stored in the state's.
     mu_dtype: dtype of :math:`\mu` (centered); default as ``nu_dtype``.
     momentum_dtype: dtype of the momentum buffer; default the parameter's.
+    nu_quantization: ``"8bit"`` stores :math:`\nu` blockwise in 8 bits
+      (uint8 log-domain codes plus one float32 maximum per block of 256:
+      1.016 bytes per parameter instead of 4), dequantized inside the update
+      and requantized with stochastic rounding; see ``optax_rms._quantize``
+      and ``docs/numerics.md`` for its accuracy. ``None``: not quantized.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is one
@@ -550,6 +594,13 @@ def rmsprop(
   _checks.check_choice("weight_decay_mode", weight_decay_mode, ("coupled", "decoupled"))
   _checks.check_bool("lr_in_momentum", lr_in_momentum)
   _checks.check_bool("maximize", maximize)
+  if nu_quantization is not None:
+    _checks.check_choice("nu_quantization", nu_quantization, ("8bit",))
+    if nu_dtype is not None:
+      raise ValueError(
+        "nu_quantization='8bit' stores nu as uint8 codes; it cannot be combined "
+        f"with nu_dtype={nu_dtype!r}."
+      )
   init_fn, update_fn = _transformation(
     learning_rate=learning_rate,
     decay=decay,
@@ -570,6 +621,7 @@ def rmsprop(
     momentum_dtype=_checks.canonical_dtype(
       "momentum_dtype", momentum_dtype, allow_complex=True
     ),
+    quantize_nu=nu_quantization is not None,
     name="optax_rms.rmsprop",
   )
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
