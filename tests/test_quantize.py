@@ -99,8 +99,8 @@ def test_trajectory_stays_close_to_float32_state(kw):
   moved = np.abs(np.asarray(xf - x0))
   dev = np.abs(np.asarray(xq - xf))
   assert np.all(np.isfinite(np.asarray(xq)))
-  assert np.median(dev / moved) < 0.02
-  assert np.max(dev / moved) < 0.1
+  assert np.median(dev / moved) < 5e-3  # measured worst: 1.9e-3
+  assert np.max(dev / moved) < 0.1  # measured worst: 3.6e-2
 
 
 def test_digits_accuracy_matches_float32_state():
