@@ -1,10 +1,11 @@
 """optax_rms: RMSprop for JAX, as an Optax gradient transformation."""
 
 from optax_rms import compat as compat
+from optax_rms import sharding as sharding
 from optax_rms._rmsprop import RMSPropState as RMSPropState
 from optax_rms._rmsprop import rmsprop as rmsprop
 from optax_rms._rmsprop import scale_by_rms as scale_by_rms
 
 __version__ = "0.1.0"
 
-__all__ = ["RMSPropState", "compat", "rmsprop", "scale_by_rms"]
+__all__ = ["RMSPropState", "compat", "rmsprop", "scale_by_rms", "sharding"]
