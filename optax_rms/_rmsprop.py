@@ -124,16 +124,10 @@ def _apply(
   # Any: jax's stubs omit PyTreeDef.flatten_up_to / num_leaves (they exist).
   treedef: Any = jax.tree.structure(updates)
   n_leaves = treedef.num_leaves
-  g_leaves = treedef.flatten_up_to(updates)
-  nu_leaves = treedef.flatten_up_to(state.nu)
-  mu_leaves = treedef.flatten_up_to(state.mu) if static.centered else [None] * n_leaves
-  mom_leaves = (
-    treedef.flatten_up_to(state.momentum) if static.has_momentum else [None] * n_leaves
-  )
-  p_leaves = treedef.flatten_up_to(params) if params is not None else [None] * n_leaves
-  scale_leaves = (
-    treedef.flatten_up_to(state.nu_scale) if static.quantize_nu else [None] * n_leaves
-  )
+
+  def leaves_of(tree: Any) -> list[Any]:
+    """One entry per gradient leaf; all None for a switched-off buffer."""
+    return [None] * n_leaves if tree is None else treedef.flatten_up_to(tree)
 
   decay, eps, momentum = hyper["decay"], hyper["eps"], hyper["momentum"]
   count = state.count
@@ -208,16 +202,17 @@ def _apply(
       None if new_mom is None else new_mom.astype(mom.dtype),
     )
 
+  # update() has checked that the state's buffers match the static config.
   out = [
     leaf(*args)
     for args in zip(
       range(n_leaves),
-      g_leaves,
-      nu_leaves,
-      scale_leaves,
-      mu_leaves,
-      mom_leaves,
-      p_leaves,
+      leaves_of(updates),
+      leaves_of(state.nu),
+      leaves_of(state.nu_scale),
+      leaves_of(state.mu),
+      leaves_of(state.momentum),
+      leaves_of(params),
       static.weight_decay_mask,
       strict=True,
     )
