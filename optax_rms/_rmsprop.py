@@ -104,6 +104,9 @@ class _Static(NamedTuple):
   lr_in_momentum: bool
   maximize: bool
   quantize_nu: bool
+  # Hyperparameters given as Python numbers, baked into the computation as
+  # constants: see _apply.
+  constants: tuple[tuple[str, float], ...] = ()
 
 
 @functools.partial(jax.jit, static_argnames=("static",))
@@ -116,11 +119,18 @@ def _apply(
 ) -> tuple[optax.Updates, RMSPropState]:
   """One RMSprop step over a whole tree: the only place the math lives.
 
-  Jitted at module level, with the hyperparameters as arguments (not closed
-  over), so that an eager call is one dispatch instead of ~15 per leaf, eager
-  and jitted calls run the same computation, and optimizers rebuilt every step
-  (as ``optax.inject_hyperparams`` does) reuse the compiled step.
+  Jitted at module level, so that an eager call is one dispatch instead of ~15
+  per leaf and eager and jitted calls compile the same program. Python-number
+  hyperparameters are static (``static.constants``); array hyperparameters
+  are arguments, so optimizers rebuilt every step with new arrays (as
+  ``optax.inject_hyperparams`` does) reuse the compiled step.
   """
+  # Hyperparameters that are Python numbers are compile-time constants here,
+  # as they are when a caller jits a step that calls update: both calls then
+  # compile the same program, and eager and jitted results agree bit for bit
+  # (as arguments, XLA may contract a multiply-add into an FMA in one program
+  # and not in the other). Arrays (inject_hyperparams) stay arguments.
+  hyper = {**hyper, **dict(static.constants)}
   # Any: jax's stubs omit PyTreeDef.flatten_up_to / num_leaves (they exist).
   treedef: Any = jax.tree.structure(updates)
   n_leaves = treedef.num_leaves
@@ -151,7 +161,23 @@ def _apply(
     nu_stored = nu
     if static.quantize_nu:  # 8-bit codes -> float32, requantized below
       nu = _quantize.dequantize(nu, nu_scale)
-    g = g.astype(jnp.promote_types(g.dtype, nu.dtype))
+    # The math runs in the widest real dtype among the gradient and the state
+    # buffers; each buffer is stored back in its own dtype below. Casting the
+    # buffers up too (not only g) matters: `decay * nu` with a bfloat16 nu
+    # would round decay itself to bfloat16 (0.99 -> 0.98828), and the EMA's
+    # weights would no longer sum to 1 (nu settles ~15% low at decay 0.99).
+    # With every dtype equal (optax's case) nothing is cast.
+    wide = functools.reduce(
+      jnp.promote_types,
+      [jnp.finfo(x.dtype).dtype for x in (g, nu, mu, mom) if x is not None],
+    )
+
+    def widen(x):
+      return None if x is None else x.astype(jnp.promote_types(x.dtype, wide))
+
+    mu_dtype = None if mu is None else mu.dtype
+    mom_dtype = None if mom is None else mom.dtype
+    g, nu, mu, mom = widen(g), widen(nu), widen(mu), widen(mom)
     if static.maximize:
       g = -g
     if coupled_wd and decay_this_leaf:
@@ -198,8 +224,8 @@ def _apply(
       step.astype(out_dtype),
       new_nu,
       new_scale,
-      None if new_mu is None else new_mu.astype(mu.dtype),
-      None if new_mom is None else new_mom.astype(mom.dtype),
+      None if new_mu is None else new_mu.astype(mu_dtype),
+      None if new_mom is None else new_mom.astype(mom_dtype),
     )
 
   # update() has checked that the state's buffers match the static config.
@@ -270,6 +296,13 @@ def _transformation(
     "learning_rate": None if callable(learning_rate) else learning_rate,
     "weight_decay": None if callable(weight_decay) or not use_wd else weight_decay,
   }
+  # Python numbers are static (see _apply); everything else is an argument.
+  constants = tuple(
+    (k, float(v))
+    for k, v in hyper.items()
+    if isinstance(v, (int, float)) and not isinstance(v, bool)
+  )
+  hyper = {k: None if k in dict(constants) else v for k, v in hyper.items()}
 
   def init_fn(params: optax.Params) -> RMSPropState:
     _checks.check_params_inexact(name, params)
@@ -339,6 +372,7 @@ def _transformation(
       lr_in_momentum=lr_in_momentum,
       maximize=maximize,
       quantize_nu=quantize_nu,
+      constants=constants,
     )
     return _apply(updates, state, params, hyper, static=static)
 

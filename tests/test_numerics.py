@@ -185,3 +185,36 @@ def test_eager_and_jit_are_identical_and_deterministic(kw):
     ):
       np.testing.assert_array_equal(a, b)
       np.testing.assert_array_equal(a, c)
+
+
+def test_narrow_state_dtype_does_not_bias_the_averages():
+  """float32 gradients, bfloat16 state: the EMAs run in float32 and only the
+  stored buffers are rounded. Rounding the decay to the state's dtype instead
+  (0.99 -> 0.98828 in bfloat16) would leave the EMA weights summing to 0.998,
+  and nu and mu would settle ~15% low; the momentum trace ~1.5% off."""
+  n, steps = 4096, 2000
+
+  def averages(**state_dtypes):
+    tx = optax_rms.rmsprop(
+      1e-3, decay=0.99, centered=True, momentum=0.9, **state_dtypes
+    )
+    params = {"w": jnp.zeros(n)}
+
+    def body(state, key):
+      grads = {"w": 0.5 + jax.random.normal(key, (n,))}  # E[g]=0.5, E[g^2]=1.25
+      _, state = tx.update(grads, state, params)
+      return state, tuple(
+        jnp.mean(jnp.abs(x["w"].astype(jnp.float32)))
+        for x in (state.nu, state.mu, state.momentum)
+      )
+
+    keys = jax.random.split(jax.random.key(0), steps)
+    _, traces = jax.jit(lambda s: jax.lax.scan(body, s, keys))(tx.init(params))
+    return [float(np.mean(t[steps // 2 :])) for t in traces]
+
+  wide = averages()
+  narrow = averages(nu_dtype="bfloat16", mu_dtype="bfloat16", momentum_dtype="bfloat16")
+  # Same gradients: what is left is bfloat16's rounding noise of the stored
+  # buffers (2^-9 relative per write, averaged over 4096 x 1000 values).
+  for name, a, b in zip(("nu", "mu", "momentum"), narrow, wide, strict=True):
+    assert a == pytest.approx(b, rel=0.01), name

@@ -103,9 +103,18 @@ def test_trajectory_stays_close_to_float32_state(kw):
   assert np.max(dev / moved) < 0.1  # measured worst: 3.6e-2
 
 
-def test_digits_accuracy_matches_float32_state():
-  """A real task: an MLP on scikit-learn's digits, same init and batches; the
-  8-bit state's test accuracy is within 0.5 points of float32 state's."""
+@pytest.mark.parametrize(
+  "state",
+  [
+    dict(nu_quantization="8bit"),
+    dict(nu_dtype="bfloat16", mu_dtype="bfloat16", momentum_dtype="bfloat16"),
+  ],
+  ids=["8bit-nu", "bfloat16-state"],
+)
+def test_digits_accuracy_matches_float32_state(state):
+  """A real task: an MLP on scikit-learn's digits, same init and batches; with
+  a smaller state the test accuracy is within 0.5 points of float32 state's
+  (docs/numerics.md records the measured figures)."""
   datasets = pytest.importorskip("sklearn.datasets")
   x, y = datasets.load_digits(return_X_y=True)
   x = x / 16.0
@@ -141,10 +150,12 @@ def test_digits_accuracy_matches_float32_state():
         p, s = step(p, s, xtr[idx[i : i + 64]], ytr[idx[i : i + 64]])
     return float((logits(p, xte).argmax(-1) == yte).mean()), float(loss(p, xte, yte))
 
-  for kw in (dict(), dict(centered=True)):
-    acc_f, loss_f = train(optax_rms.rmsprop(1e-3, **kw))
-    acc_q, loss_q = train(optax_rms.rmsprop(1e-3, nu_quantization="8bit", **kw))
+  # momentum at a smaller rate: its steps add up over ~1/(1-0.9) = 10 steps.
+  for lr, kw in ((1e-3, {}), (1e-3, dict(centered=True)), (3e-4, dict(momentum=0.9))):
+    acc_f, loss_f = train(optax_rms.rmsprop(lr, **kw))
+    acc_q, loss_q = train(optax_rms.rmsprop(lr, **kw, **state))
     assert acc_f > 0.95
+    # 0.5 points of the 450 test images = 2 images.
     assert abs(acc_q - acc_f) <= 0.005, (kw, acc_f, acc_q)
     assert abs(loss_q / loss_f - 1) <= 0.05, (kw, loss_f, loss_q)
 
