@@ -124,6 +124,11 @@ def canonical_dtype(name: str, dtype: Any, *, allow_complex: bool) -> jnp.dtype 
   return dt
 
 
+def _shape(x: Any) -> tuple[int, ...]:
+  shape = getattr(x, "shape", None)
+  return tuple(shape) if shape is not None else np.shape(x)
+
+
 def check_same_structure(what: str, updates: Any, state_tree: Any) -> Any:
   """Returns the treedef of `updates`, after checking `state_tree` shares it."""
   treedef = jax.tree.structure(updates)
@@ -196,19 +201,26 @@ def check_state(
         f"{'not ' if not wanted else ''}configured with it. Re-create the "
         "state with this optimizer's init, or build the optimizer that made it."
       )
-  treedef = check_same_structure(what, updates, state.nu)
+  # This runs on every eager call: each tree is flattened once, shapes are
+  # compared as lists, and paths are built only to name an error.
+  grad_leaves, treedef = jax.tree.flatten(updates)
+  grad_shapes = [_shape(g) for g in grad_leaves]
   for field in ("nu", "mu", "momentum"):
     tree = getattr(state, field, None)
     if tree is None:
       continue
-    if field != "nu":
-      check_same_structure(what, updates, tree)
+    leaves, state_treedef = jax.tree.flatten(tree)
+    if state_treedef != treedef:  # type: ignore[operator]
+      check_same_structure(what, updates, tree)  # raises, naming both trees
+    shapes = [_shape(s) for s in leaves]
+    if shapes == grad_shapes:
+      continue
     paths = jax.tree_util.tree_leaves_with_path(tree)
-    for (path, s), g in zip(paths, jax.tree.leaves(updates), strict=True):
-      if np.shape(s) != np.shape(g):
+    for (path, _), shape, grad_shape in zip(paths, shapes, grad_shapes, strict=True):
+      if shape != grad_shape:
         raise ValueError(
           f"{what}: state.{field}{jax.tree_util.keystr(path)} has shape "
-          f"{np.shape(s)} but its gradient has shape {np.shape(g)} (was the "
+          f"{shape} but its gradient has shape {grad_shape} (was the "
           "state initialised from other parameters?)."
         )
   return treedef
