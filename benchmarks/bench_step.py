@@ -1,0 +1,1019 @@
+"""Step-time benchmark: optax_rms.rmsprop vs optax.rmsprop vs torch.optim.RMSprop.
+
+Run (the full suite takes several minutes; --quick about two on 2 busy cores):
+
+  python benchmarks/bench_step.py [--quick] [--out benchmarks/RESULTS.md]
+
+With --out it writes the Markdown report there and the chart beside it
+(results.png, when matplotlib is installed). --sections and --variants run a
+subset. benchmarks/README.md says what is measured, how, and why.
+
+Sections (the full run gives each its own process; --quick runs in-process):
+  roofline   STREAM-style copy and triad on a large float32 array (start and end)
+  tree:*     one jitted, donated step per implementation, alternated in rounds
+             (torch runs on the CPU when JAX does, on CUDA when JAX runs on a
+             GPU and torch has CUDA, and is left out otherwise)
+  states     optimizer-state bytes/param per state dtype, and their step time
+  compile    lower + compile of the jitted step, caches cleared each time
+  eager      tx.update without jit (notebook use), with a check against optax
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import optax
+
+import optax_rms
+
+try:
+  import torch
+except ImportError:  # the torch rows then read "n/a"
+  torch = None
+
+LR = 1e-3
+DECAY = 0.9
+EPS = 1e-8
+
+VARIANTS: dict[str, dict[str, Any]] = {
+  "plain": {},
+  "centered": {"centered": True},
+  "momentum": {"momentum": 0.9},
+  "centered+momentum": {"centered": True, "momentum": 0.9},
+}
+# Every implementation a tree section may time, in the order the report lists
+# them. "ours bf16 state" runs on the bfloat16 tree only: optax_rms with its
+# default state dtype (the params'), so it moves the same bytes as optax.
+IMPLS = ("ours", "ours bf16 state", "optax", "torch foreach", "torch single")
+
+# State storage options of optax_rms timed and sized in the "states" section.
+STATE_MODES: dict[str, dict[str, Any]] = {
+  "float32": {},
+  "bfloat16": {
+    "nu_dtype": "bfloat16",
+    "mu_dtype": "bfloat16",
+    "momentum_dtype": "bfloat16",
+  },
+  "8bit nu": {"nu_quantization": "8bit"},
+  "8bit nu + bf16 buffers": {
+    "nu_quantization": "8bit",
+    "mu_dtype": "bfloat16",
+    "momentum_dtype": "bfloat16",
+  },
+}
+
+# ---------------------------------------------------------------------------
+# Scales: what "full", "quick" and "tiny" (the smoke test) run.
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  big_leaf: int  # elements of the one-big-leaf trees
+  resnet_width: int  # 64 is ResNet-50
+  resnet_classes: int
+  small_leaves: int  # the many-small-leaves tree: leaves x elements
+  small_size: int
+  transformer: tuple[int, int, int, int]  # layers, d_model, vocab, context
+  roofline_n: int  # elements of the roofline arrays
+  rounds: int  # alternation rounds per comparison
+  block_s: float  # seconds one implementation runs per round (k steps)
+  max_k: int  # most steps per implementation per round
+  compile_reps: int
+  eager_rounds: int
+
+
+SCALES = {
+  "full": Scale(
+    big_leaf=16 * 2**20,
+    resnet_width=64,
+    resnet_classes=1000,
+    small_leaves=1000,
+    small_size=512,
+    transformer=(12, 768, 16384, 1024),
+    roofline_n=32 * 2**20,
+    rounds=5,
+    block_s=0.25,
+    max_k=20,
+    compile_reps=3,
+    eager_rounds=5,
+  ),
+  "quick": Scale(
+    big_leaf=2 * 2**20,
+    resnet_width=16,
+    resnet_classes=1000,
+    small_leaves=200,
+    small_size=512,
+    transformer=(2, 256, 4096, 256),
+    roofline_n=4 * 2**20,
+    rounds=3,
+    block_s=0.05,
+    max_k=5,
+    compile_reps=1,
+    eager_rounds=2,
+  ),
+  "tiny": Scale(
+    big_leaf=4096,
+    resnet_width=2,
+    resnet_classes=10,
+    small_leaves=10,
+    small_size=64,
+    transformer=(1, 32, 64, 16),
+    roofline_n=65536,
+    rounds=1,
+    block_s=0.0,
+    max_k=1,
+    compile_reps=1,
+    eager_rounds=1,
+  ),
+}
+
+# ---------------------------------------------------------------------------
+# Trees.
+
+
+@dataclasses.dataclass(frozen=True)
+class Tree:
+  name: str
+  description: str
+  shapes: dict[str, tuple[int, ...]]  # "a/b/c" -> shape
+  dtype: str = "float32"
+  ours_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # More optax_rms configurations to time on this tree: impl name -> kwargs.
+  extra_ours: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+  @property
+  def n_params(self) -> int:
+    return sum(int(np.prod(s)) for s in self.shapes.values())
+
+
+def resnet50_shapes(width: int = 64, classes: int = 1000) -> dict[str, tuple]:
+  """ResNet-50's trainable parameters (He et al. 2016): 161 leaves, 25.6M."""
+  shapes: dict[str, tuple] = {}
+
+  def conv_bn(prefix: str, cout: int, cin: int, k: int) -> None:
+    shapes[f"{prefix}/conv/kernel"] = (cout, cin, k, k)
+    shapes[f"{prefix}/bn/scale"] = (cout,)
+    shapes[f"{prefix}/bn/bias"] = (cout,)
+
+  conv_bn("stem", width, 3, 7)
+  cin = width
+  for stage, blocks in enumerate((3, 4, 6, 3)):
+    w = width * 2**stage
+    for b in range(blocks):
+      p = f"stage{stage + 1}/block{b}"
+      conv_bn(f"{p}/conv1", w, cin, 1)
+      conv_bn(f"{p}/conv2", w, w, 3)
+      conv_bn(f"{p}/conv3", 4 * w, w, 1)
+      if b == 0:
+        conv_bn(f"{p}/downsample", 4 * w, cin, 1)
+      cin = 4 * w
+  shapes["head/kernel"] = (cin, classes)
+  shapes["head/bias"] = (classes,)
+  return shapes
+
+
+def transformer_shapes(
+  layers: int, d: int, vocab: int, context: int
+) -> dict[str, tuple]:
+  """A GPT-2-like decoder (tied output head): 12 leaves per layer."""
+  shapes: dict[str, tuple] = {
+    "embed/token": (vocab, d),
+    "embed/position": (context, d),
+  }
+  for i in range(layers):
+    p = f"layer{i:02d}"
+    for ln in ("ln1", "ln2"):
+      shapes[f"{p}/{ln}/scale"] = (d,)
+      shapes[f"{p}/{ln}/bias"] = (d,)
+    for name, (fan_in, fan_out) in {
+      "attn/qkv": (d, 3 * d),
+      "attn/out": (d, d),
+      "mlp/fc": (d, 4 * d),
+      "mlp/proj": (4 * d, d),
+    }.items():
+      shapes[f"{p}/{name}/kernel"] = (fan_in, fan_out)
+      shapes[f"{p}/{name}/bias"] = (fan_out,)
+  shapes["final_ln/scale"] = (d,)
+  shapes["final_ln/bias"] = (d,)
+  return shapes
+
+
+def trees(scale: Scale) -> dict[str, Tree]:
+  layers, d, vocab, ctx = scale.transformer
+  f32_state = dict.fromkeys(("nu_dtype", "mu_dtype", "momentum_dtype"), "float32")
+  out = [
+    Tree(
+      "one_big_leaf",
+      f"one float32 leaf of {scale.big_leaf:,} elements",
+      {"w": (scale.big_leaf,)},
+    ),
+    Tree(
+      "resnet50_like",
+      f"ResNet-50 shapes (width {scale.resnet_width}): convs (out,in,k,k), "
+      f"batchnorm vectors, a {8 * 4 * scale.resnet_width}x{scale.resnet_classes} "
+      "dense",
+      resnet50_shapes(scale.resnet_width, scale.resnet_classes),
+    ),
+    Tree(
+      "many_small",
+      f"{scale.small_leaves} float32 leaves of {scale.small_size} elements",
+      {f"p{i:04d}": (scale.small_size,) for i in range(scale.small_leaves)},
+    ),
+    Tree(
+      "transformer_like",
+      f"GPT-2-like: {layers} layers, d={d}, 4x MLP, {vocab}x{d} token embedding "
+      f"(vocab cut from 50257 to keep the run's memory and time down), "
+      f"{ctx}x{d} positions",
+      transformer_shapes(layers, d, vocab, ctx),
+    ),
+    Tree(
+      "bf16_big_leaf",
+      f"one bfloat16 leaf of {scale.big_leaf:,} elements; ours keeps float32 "
+      "state (nu/mu/momentum_dtype='float32'), optax and torch keep bfloat16 "
+      "state (neither has a state-dtype option), so ours moves 4 more bytes "
+      "per param per state array; `ours bf16 state` is optax_rms with its "
+      "default state dtype (the params'), the like-for-like comparison",
+      {"w": (scale.big_leaf,)},
+      dtype="bfloat16",
+      ours_kwargs=f32_state,
+      extra_ours={"ours bf16 state": {}},
+    ),
+  ]
+  return {t.name: t for t in out}
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+  """{"a/b": x} -> {"a": {"b": x}}: a model-like nested pytree."""
+  root: dict[str, Any] = {}
+  for path, value in flat.items():
+    *parents, leaf = path.split("/")
+    node = root
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return root
+
+
+def _random_arrays(tree: Tree, seed: int) -> tuple[dict, dict]:
+  """Random (never zero) float32 params and grads, as flat numpy dicts."""
+  rng = np.random.default_rng(seed)
+  params, grads = {}, {}
+  for path, shape in tree.shapes.items():
+    params[path] = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+    grads[path] = 1e-3 * rng.standard_normal(shape, dtype=np.float32)
+  return params, grads
+
+
+def _nbytes(tree: Any) -> int:
+  """Bytes of the non-scalar arrays of a pytree (step counters excluded)."""
+  return sum(x.nbytes for x in jax.tree.leaves(tree) if np.ndim(x) > 0)
+
+
+# ---------------------------------------------------------------------------
+# Timing.
+
+
+def alternate(
+  impls: dict[str, Callable[[], None]], scale: Scale
+) -> dict[str, list[float]]:
+  """Per-step seconds of each implementation, run in alternating blocks.
+
+  Each implementation first runs three times untimed (compilation, first
+  touch of memory, torch's lazy state); the faster of the last two estimates
+  its step time (one stalled run must not cut its sample count). Then, for
+  `scale.rounds` rounds with the order rotated each round, each runs one
+  untimed step (it wakes its thread pool and caches after the previous
+  implementation) and then k consecutive timed steps (k ~ block_s / its step
+  time, 1 <= k <= max_k). Background load therefore lands on all
+  implementations alike; the best step is the least-disturbed one.
+  """
+  names = list(impls)
+  estimate = {}
+  for name in names:
+    impls[name]()
+    runs = []
+    for _ in range(2):
+      t0 = time.perf_counter()
+      impls[name]()
+      runs.append(time.perf_counter() - t0)
+    estimate[name] = min(runs)
+  samples: dict[str, list[float]] = {name: [] for name in names}
+  for r in range(scale.rounds):
+    shift = r % len(names)
+    gc.collect()
+    gc.disable()  # no collector pause inside a timed step
+    try:
+      for name in names[shift:] + names[:shift]:
+        k = round(scale.block_s / max(estimate[name], 1e-6))
+        impls[name]()
+        for _ in range(max(1, min(scale.max_k, k))):
+          t0 = time.perf_counter()
+          impls[name]()
+          samples[name].append(time.perf_counter() - t0)
+    finally:
+      gc.enable()
+  return samples
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
+  return {
+    "best_s": min(samples),
+    "median_s": statistics.median(samples),
+    "n": len(samples),
+  }
+
+
+def make_step(tx: optax.GradientTransformation) -> Callable:
+  """The timed step: one update applied to the params."""
+
+  def step(params, grads, state):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2}
+_DTYPE_BYTES |= {"s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_DTYPE_BYTES |= {"c64": 8, "c128": 16}
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
+# ENTRY instructions that move no data of their own.
+_NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant"}
+
+
+def _shape_bytes(shape: str) -> int:
+  return sum(
+    _DTYPE_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
+    for dt, dims in _SHAPE.findall(shape)
+  )
+
+
+def _closing_paren(text: str) -> int:
+  """Index of the ")" that closes the "(" text starts with."""
+  depth = 0
+  for i, ch in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(ch, 0)
+    if depth == 0:
+      return i
+  return len(text) - 1
+
+
+def hlo_traffic(hlo_text: str) -> int:
+  """Bytes the compiled program moves if each ENTRY instruction (a fusion, a
+  copy, ...) reads each operand once and writes its result once.
+
+  Above the bytes model when XLA splits the step into several passes over
+  memory (intermediates written and read back, an operand read twice).
+  """
+  entry = hlo_text.split("\nENTRY ", 1)[1].split("\n}", 1)[0].splitlines()[1:]
+  sizes: dict[str, int] = {}
+  total = 0
+  for line in entry:
+    if " = " not in line:
+      continue
+    lhs, rhs = line.split(" = ", 1)
+    name = lhs.split()[-1].lstrip("%")
+    if rhs.startswith("("):  # a tuple shape: up to its closing parenthesis
+      end = _closing_paren(rhs)
+      shape, rest = rhs[: end + 1], rhs[end + 1 :].lstrip()
+    else:
+      shape, _, rest = rhs.partition(" ")
+    op, _, args = rest.partition("(")
+    sizes[name] = _shape_bytes(shape)
+    if op in _NO_TRAFFIC:
+      continue
+    args = args[: _closing_paren("(" + args)]  # the operand list
+    operands = set(re.findall(r"%([\w.\-]+)", args))  # each read once
+    total += sizes[name] + sum(sizes.get(a, 0) for a in operands)
+  return total
+
+
+def jax_runner(
+  tx: optax.GradientTransformation, params: Any, grads: Any
+) -> tuple[Callable[[], None], dict[str, int]]:
+  """A no-argument step (params and state donated, updated in place), and its
+  bytes: "bytes", the fewest it must move (read params, grads, state; write
+  params, state), and "hlo_bytes", what its compiled program moves
+  (hlo_traffic)."""
+  state = tx.init(params)
+  step = jax.jit(make_step(tx), donate_argnums=(0, 2))
+  # Compiled once here; the jitted calls below reuse this executable.
+  hlo = step.lower(params, grads, state).compile().as_text()
+  box = [params, state]
+
+  def run() -> None:
+    box[0], box[1] = step(box[0], grads, box[1])
+    jax.block_until_ready(box)
+
+  nbytes = 2 * _nbytes(params) + _nbytes(grads) + 2 * _nbytes(state)
+  return run, {"bytes": nbytes, "hlo_bytes": hlo_traffic(hlo)}
+
+
+def torch_device() -> tuple[str | None, str]:
+  """Where the torch rows run, and why: beside JAX, or not at all.
+
+  torch runs on the CPU when JAX does, and on CUDA when JAX runs on a GPU and
+  this torch has CUDA. Otherwise (JAX on a GPU, a CPU-only torch) the torch
+  rows are left out: CPU torch against GPU JAX would compare devices, not
+  optimizers.
+  """
+  if torch is None:
+    return None, "torch is not installed"
+  platform_ = jax.devices()[0].platform
+  if platform_ == "cpu":
+    return "cpu", f"CPU, {torch.get_num_threads()} threads"
+  if platform_ == "gpu" and torch.cuda.is_available():
+    return "cuda", f"CUDA ({torch.cuda.get_device_name(0)})"
+  return None, (
+    f"left out: JAX runs on {platform_} and this torch "
+    f"({torch.__version__}) has no CUDA"
+  )
+
+
+def torch_runners(
+  np_params: list[np.ndarray],
+  np_grads: list[np.ndarray],
+  dtype: str,
+  variant: dict[str, Any],
+  device: str,
+) -> tuple[dict[str, Callable[[], None]], Callable[[], dict[str, dict[str, int]]]]:
+  """torch.optim.RMSprop steps, foreach=True and False, each on its own fresh
+  copy of the params (the read-only grads are shared), and their bytes."""
+  kw = {
+    "lr": LR,
+    "alpha": DECAY,
+    "eps": EPS,
+    "centered": variant.get("centered", False),
+    "momentum": variant.get("momentum", 0.0),
+  }
+  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+  def tensor(x: np.ndarray) -> Any:
+    return torch.from_numpy(x).to(device=device, dtype=tdtype, copy=True)
+
+  grads = [tensor(g) for g in np_grads]
+  opts = {}
+  for name, foreach in (("torch foreach", True), ("torch single", False)):
+    params = [tensor(p) for p in np_params]
+    for t, g in zip(params, grads, strict=True):
+      t.grad = g
+    opts[name] = torch.optim.RMSprop(params, foreach=foreach, **kw)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def runner(opt: Any) -> Callable[[], None]:
+    def run() -> None:
+      opt.step()
+      sync()
+
+    return run
+
+  def nbytes() -> dict[str, dict[str, int]]:  # after a step: state is lazy
+    def size(t):
+      return t.numel() * t.element_size()
+
+    out = {}
+    for name, opt in opts.items():
+      params = opt.param_groups[0]["params"]
+      state = sum(
+        size(v)
+        for s in opt.state.values()
+        for v in s.values()
+        if torch.is_tensor(v) and v.dim() > 0
+      )
+      out[name] = {
+        "bytes": 2 * sum(size(t) for t in params)
+        + sum(size(t.grad) for t in params)
+        + 2 * state
+      }
+    return out
+
+  return {name: runner(opt) for name, opt in opts.items()}, nbytes
+
+
+# ---------------------------------------------------------------------------
+# Sections. Each returns JSON-able data.
+
+
+def section_roofline(scale: Scale) -> dict[str, Any]:
+  """Bandwidth ceilings: copy y = x, triad a = b + s*c, and the triad in place.
+
+  All write into an existing (donated) buffer, as STREAM does: a fresh output
+  buffer would time the kernel's page faults (on this CPU a fresh 64 MB
+  output costs ~5x the copy itself). Bytes counted as STREAM counts them
+  (each array read or written once, no write-allocate traffic). The in-place
+  triad b = b + s*c writes over what it reads, as the donated optimizer step
+  does, so it pays no write-allocate either and is the fairest ceiling.
+  """
+  n = scale.roofline_n
+  rng = np.random.default_rng(1)
+  x, b, c = (jnp.asarray(rng.standard_normal(n, dtype=np.float32)) for _ in "xbc")
+  s = jnp.float32(1e-7)
+  copy = jax.jit(lambda y, x: jnp.copy(x), donate_argnums=0, keep_unused=True)
+  triad = jax.jit(lambda a, b, c, s: b + s * c, donate_argnums=0, keep_unused=True)
+  triad_in_place = jax.jit(lambda b, c, s: b + s * c, donate_argnums=0)
+  box = {"y": x + 1, "a": x + 2, "b": b}
+
+  def run_copy():
+    box["y"] = copy(box["y"], x)
+    box["y"].block_until_ready()
+
+  def run_triad():
+    box["a"] = triad(box["a"], x, c, s)
+    box["a"].block_until_ready()
+
+  def run_triad_in_place():
+    box["b"] = triad_in_place(box["b"], c, s)
+    box["b"].block_until_ready()
+
+  impls = {"copy": run_copy, "triad": run_triad, "triad in place": run_triad_in_place}
+  per_elem = {"copy": 8, "triad": 12, "triad in place": 12}
+  samples = alternate(impls, scale)
+  return {
+    "n": n,
+    "kernels": {
+      name: {**_stats(samples[name]), "bytes": per_elem[name] * n} for name in impls
+    },
+  }
+
+
+def section_tree(scale: Scale, tree: Tree, variants: list[str]) -> dict[str, Any]:
+  """Jitted, donated step of each implementation on one tree, per variant.
+
+  The gradient is the same every step. Each variant starts every
+  implementation from the same params and a fresh state, so the few hundred
+  steps timed stay far from where a constant gradient would drive the
+  centered variance into cancellation (torch would then take sqrt of a
+  negative number).
+  """
+  np_params, np_grads = _random_arrays(tree, seed=zlib.crc32(tree.name.encode()))
+  dtype = jnp.dtype(tree.dtype)
+  grads = _nest({k: jnp.asarray(v, dtype) for k, v in np_grads.items()})
+  device, _ = torch_device()
+  rows = {}
+  for vname in variants:
+    variant = VARIANTS[vname]
+    impls: dict[str, Callable[[], None]] = {}
+    nbytes: dict[str, dict[str, int]] = {}
+    txs = {"ours": optax_rms.rmsprop(LR, DECAY, EPS, **variant, **tree.ours_kwargs)}
+    for name, kwargs in tree.extra_ours.items():
+      txs[name] = optax_rms.rmsprop(LR, DECAY, EPS, **variant, **kwargs)
+    txs["optax"] = optax.rmsprop(LR, DECAY, EPS, **variant)
+    for name, tx in txs.items():
+      params = _nest({k: jnp.asarray(v, dtype) for k, v in np_params.items()})
+      impls[name], nbytes[name] = jax_runner(tx, params, grads)
+    torch_bytes = None
+    if device is not None:
+      runners, torch_bytes = torch_runners(
+        [np_params[k] for k in tree.shapes],
+        [np_grads[k] for k in tree.shapes],
+        tree.dtype,
+        variant,
+        device,
+      )
+      impls.update(runners)
+    samples = alternate(impls, scale)
+    if torch_bytes is not None:
+      nbytes.update(torch_bytes())
+    rows[vname] = {name: {**_stats(samples[name]), **nbytes[name]} for name in impls}
+    del impls, samples
+    gc.collect()
+  return {
+    "name": tree.name,
+    "description": tree.description,
+    "n_params": tree.n_params,
+    "n_leaves": len(tree.shapes),
+    "dtype": tree.dtype,
+    "variants": rows,
+  }
+
+
+def _ours_mode(variant: dict, mode: dict) -> optax.GradientTransformation | str:
+  """optax_rms.rmsprop with a state mode, or "n/a" where the keyword is unknown."""
+  try:
+    return optax_rms.rmsprop(LR, DECAY, EPS, **variant, **mode)
+  except TypeError as e:  # e.g. nu_quantization before it exists
+    return f"n/a ({e})"
+
+
+def section_states(scale: Scale, variants: list[str]) -> dict[str, Any]:
+  """State bytes/param per variant and state mode, and the step time of each.
+
+  Bytes/param: the non-scalar arrays of `tx.init(params)` (the int32 step
+  counter left out) over the parameter count, on the ResNet-50-like tree.
+  """
+  ts = trees(scale)
+  resnet = ts["resnet50_like"]
+  np_params, _ = _random_arrays(resnet, seed=3)
+  params = _nest({k: jnp.asarray(v) for k, v in np_params.items()})
+  n = resnet.n_params
+  memory: dict[str, dict[str, Any]] = {}
+  for vname in variants:
+    variant = VARIANTS[vname]
+    row: dict[str, Any] = {}
+    for mode_name, mode in STATE_MODES.items():
+      tx = _ours_mode(variant, mode)
+      if isinstance(tx, str):
+        row[mode_name] = tx
+        continue
+      try:
+        state = tx.init(params)
+      except Exception as e:  # noqa: BLE001 - reported, not fatal
+        row[mode_name] = f"error: {type(e).__name__}: {e}"
+        continue
+      row[mode_name] = _nbytes(state) / n
+      del state
+    state = optax.rmsprop(LR, DECAY, EPS, **variant).init(params)
+    row["optax"] = _nbytes(state) / n
+    del state
+    memory[vname] = row
+  del params
+  gc.collect()
+
+  big = ts["one_big_leaf"]
+  np_params, np_grads = _random_arrays(big, seed=4)
+  grads = {"w": jnp.asarray(np_grads["w"])}
+  timing: dict[str, dict[str, Any]] = {}
+  for vname in variants:
+    variant = VARIANTS[vname]
+    impls, nbytes, skipped = {}, {}, {}
+    candidates = {f"ours {m}": _ours_mode(variant, kw) for m, kw in STATE_MODES.items()}
+    candidates["optax float32"] = optax.rmsprop(LR, DECAY, EPS, **variant)
+    for name, tx in candidates.items():
+      if isinstance(tx, str):
+        skipped[name] = tx
+        continue
+      params = {"w": jnp.asarray(np_params["w"])}
+      try:
+        impls[name], nbytes[name] = jax_runner(tx, params, grads)
+        impls[name]()  # fail here, not inside the timing loop
+      except Exception as e:  # noqa: BLE001 - reported, not fatal
+        impls.pop(name, None)
+        skipped[name] = f"error: {type(e).__name__}: {e}"
+    samples = alternate(impls, scale)
+    timing[vname] = {name: {**_stats(samples[name]), **nbytes[name]} for name in impls}
+    timing[vname].update(skipped)
+    del impls, samples
+    gc.collect()
+  return {
+    "memory_tree": resnet.name,
+    "memory_n_params": n,
+    "memory": memory,
+    "timing_tree": big.description,
+    "timing_n_params": big.n_params,
+    "timing": timing,
+  }
+
+
+def _hlo_counts(hlo_text: str) -> dict[str, int]:
+  """Instructions and fusions in the ENTRY computation of compiled HLO."""
+  entry = hlo_text.split("\nENTRY ", 1)[1].split("\n}", 1)[0].splitlines()[1:]
+  ops = [line for line in entry if " = " in line]
+  return {
+    "entry_instructions": len(ops),
+    "entry_fusions": sum(" fusion(" in line for line in ops),
+    "fused_computations": hlo_text.count("\n%fused_computation")
+    + hlo_text.count("\nfused_computation"),
+  }
+
+
+def section_compile(scale: Scale, variants: list[str]) -> dict[str, Any]:
+  """Trace + lower, and XLA compile, of the jitted step, caches cleared each time."""
+  tree = trees(scale)["many_small"]
+  sds = jax.ShapeDtypeStruct
+  params = _nest({k: sds(s, jnp.float32) for k, s in tree.shapes.items()})
+  out: dict[str, Any] = {"tree": tree.description}
+  for vname in variants:
+    variant = VARIANTS[vname]
+    txs = {
+      "ours": optax_rms.rmsprop(LR, DECAY, EPS, **variant),
+      "optax": optax.rmsprop(LR, DECAY, EPS, **variant),
+    }
+    times: dict[str, dict[str, list[float]]] = {
+      name: {"lower": [], "compile": [], "total": []} for name in txs
+    }
+    hlo = {}
+    for rep in range(scale.compile_reps):
+      order = list(txs) if rep % 2 == 0 else list(txs)[::-1]
+      for name in order:
+        tx = txs[name]
+        state = jax.eval_shape(tx.init, params)
+        jax.clear_caches()
+        gc.collect()
+        t0 = time.perf_counter()
+        lowered = jax.jit(make_step(tx), donate_argnums=(0, 2)).lower(
+          params, params, state
+        )
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        times[name]["lower"].append(t1 - t0)
+        times[name]["compile"].append(t2 - t1)
+        times[name]["total"].append(t2 - t0)
+        hlo[name] = {
+          "stablehlo_ops": sum(" = " in ln for ln in lowered.as_text().splitlines()),
+          **_hlo_counts(compiled.as_text()),
+        }
+    out[vname] = {
+      name: {
+        **{f"{k}_best_s": min(v) for k, v in times[name].items()},
+        "total_median_s": statistics.median(times[name]["total"]),
+        "n": scale.compile_reps,
+        **hlo[name],
+      }
+      for name in txs
+    }
+  jax.clear_caches()
+  return out
+
+
+def _agreement(a: Any, b: Any) -> tuple[float, float]:
+  """Largest per-leaf max|a-b| / max|b|, and the fraction of equal elements.
+
+  Normwise per leaf, not elementwise: params after a step and momentum
+  buffers under sign-changing gradients are differences of nearby numbers,
+  where one ulp of the terms is a large relative error of the result.
+  """
+  worst, equal, total = 0.0, 0, 0
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    worst = max(worst, float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30)))
+    equal, total = equal + int(np.sum(x == y)), total + x.size
+  return worst, equal / total
+
+
+def section_eager(scale: Scale, variants: list[str]) -> dict[str, Any]:
+  """tx.update called without jit (notebook use), and its agreement with optax."""
+  tree = trees(scale)["many_small"]
+  np_params, np_grads = _random_arrays(tree, seed=5)
+  params = _nest({k: jnp.asarray(v) for k, v in np_params.items()})
+  grads = _nest({k: jnp.asarray(v) for k, v in np_grads.items()})
+  eager_scale = dataclasses.replace(scale, rounds=scale.eager_rounds)
+  out: dict[str, Any] = {"tree": tree.description}
+  for vname in variants:
+    variant = VARIANTS[vname]
+    txs = {
+      "ours": optax_rms.rmsprop(LR, DECAY, EPS, **variant),
+      "optax": optax.rmsprop(LR, DECAY, EPS, **variant),
+    }
+    # Agreement: three chained eager steps, three different gradients.
+    finals = {}
+    for name, tx in txs.items():
+      p, s = params, tx.init(params)
+      for k in range(3):
+        g = jax.tree.map(
+          lambda x, k=k: x * (1.0 + 0.5 * k) * jnp.cos(x * 1e3 * k), grads
+        )
+        u, s = tx.update(g, s, p)
+        p = optax.apply_updates(p, u)
+      finals[name] = (u, p)
+    rel, equal = _agreement(finals["ours"], finals["optax"])
+    impls = {}
+    for name, tx in txs.items():
+      state = tx.init(params)
+
+      def run(tx=tx, state=state):
+        jax.block_until_ready(tx.update(grads, state, params))
+
+      impls[name] = run
+    samples = alternate(impls, eager_scale)
+    out[vname] = {
+      **{name: _stats(samples[name]) for name in impls},
+      "max_rel_diff": rel,
+      "equal_fraction": equal,
+    }
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Running the sections, in-process or one process each.
+
+
+def section_names() -> list[str]:
+  tree_names = list(trees(SCALES["tiny"]))
+  return (
+    ["roofline"] + [f"tree:{t}" for t in tree_names] + ["states", "compile", "eager"]
+  )
+
+
+def run_section(name: str, scale_name: str, variants: list[str]) -> Any:
+  scale = SCALES[scale_name]
+  if name == "machine":  # not a section: the parent of isolated runs asks a child
+    return machine_info()
+  if name == "roofline":
+    return section_roofline(scale)
+  if name.startswith("tree:"):
+    return section_tree(scale, trees(scale)[name[5:]], variants)
+  if name == "states":
+    return section_states(scale, variants)
+  if name == "compile":
+    return section_compile(scale, [v for v in variants if v in COMPILE_VARIANTS])
+  if name == "eager":
+    return section_eager(scale, [v for v in variants if v in COMPILE_VARIANTS])
+  raise ValueError(f"unknown section {name!r}")
+
+
+# The compile and eager sections time these variants only (of those asked for).
+COMPILE_VARIANTS = ("plain", "centered+momentum")
+
+
+def _load() -> str:
+  try:
+    return pathlib.Path("/proc/loadavg").read_text().split(" ")[0]
+  except OSError:
+    return "?"
+
+
+def machine_info() -> dict[str, Any]:
+  cpu, mem = platform.processor() or platform.machine(), "?"
+  try:
+    info = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in info if ":" in line and line.strip())
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    cpu = (
+      f"{fields.get('model name', cpu)} (family {fields.get('cpu family', '?')}, "
+      f"model {fields.get('model', '?')})"
+    )
+    meminfo = pathlib.Path("/proc/meminfo").read_text().splitlines()
+    kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+    mem = f"{kib / 2**20:.1f} GiB"
+  except (OSError, StopIteration, ValueError):
+    pass
+  return {
+    "cpu": cpu,
+    "cores": os.cpu_count(),
+    "memory": mem,
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "optax": optax.__version__,
+    "torch": torch.__version__ if torch is not None else "not installed",
+    "torch_threads": torch.get_num_threads() if torch is not None else None,
+    "torch_device": torch_device()[1],
+    "numpy": np.__version__,
+    "platform": jax.devices()[0].platform,
+    "device": jax.devices()[0].device_kind,
+    "device_count": jax.device_count(),
+    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+  }
+
+
+def run_suite(
+  scale_name: str = "quick",
+  *,
+  isolate: bool = False,
+  variants: list[str] | None = None,
+  sections: list[str] | None = None,
+  log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+  """Runs the sections (roofline twice: first and last) and returns all data.
+
+  isolate: each section in its own process (a fresh heap and JAX runtime; a
+  section that fails is recorded as {"error": ...} and the run goes on). The
+  parent then never starts a JAX backend, which on a GPU would hold most of
+  its memory while the children run.
+  """
+  variants = list(variants or VARIANTS)
+  sections = list(sections or section_names())
+  plan = list(sections)
+  if "roofline" in plan:  # again at the end: the ceiling under the same load
+    plan.append("roofline")
+  t_start = time.perf_counter()
+  results: dict[str, Any] = {
+    "scale": scale_name,
+    "variants": variants,
+    "machine": _run_child("machine", scale_name, variants)
+    if isolate
+    else machine_info(),
+    "load_start": _load(),
+    "sections": {},
+  }
+  for name in plan:
+    t0 = time.perf_counter()
+    if isolate:
+      data = _run_child(name, scale_name, variants)
+    else:
+      data = run_section(name, scale_name, variants)
+    if name == "roofline" and "roofline" in results["sections"]:
+      results["sections"]["roofline_end"] = data
+    else:
+      results["sections"][name] = data
+    log(f"  {name:24s} {time.perf_counter() - t0:6.1f} s   load {_load()}")
+  results["load_end"] = _load()
+  results["runtime_s"] = time.perf_counter() - t_start
+  return results
+
+
+def _run_child(name: str, scale_name: str, variants: list[str]) -> Any:
+  """run_section in a new process; {"error": ...} if that process fails."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = pathlib.Path(tmp) / "out.json"
+    cmd = [sys.executable, __file__, "--child", name, "--scale", scale_name]
+    cmd += ["--variants", ",".join(variants), "--child-out", str(path)]
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0 or not path.exists():
+      tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+      if name == "machine":
+        raise RuntimeError(f"machine info failed: {tail[0]}")
+      return {"error": f"exit status {proc.returncode}: {tail[0][:300]}"}
+    return json.loads(path.read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="small trees, ~2 min")
+  parser.add_argument("--out", help="write the Markdown report here (and the PNG)")
+  parser.add_argument("--png", help="chart path (default: results.png beside --out)")
+  parser.add_argument("--json", help="also write the raw measurements here")
+  parser.add_argument(
+    "--isolate",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="one process per section (default: on for the full run, off for --quick)",
+  )
+  parser.add_argument(
+    "--sections", help="comma-separated subset of: " + ",".join(section_names())
+  )
+  parser.add_argument(
+    "--variants", help="comma-separated subset of " + ",".join(VARIANTS)
+  )
+  parser.add_argument("--scale", help=argparse.SUPPRESS)
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  parser.add_argument("--child-out", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  scale_name = args.scale or ("quick" if args.quick else "full")
+  variants = args.variants.split(",") if args.variants else list(VARIANTS)
+  sections = args.sections.split(",") if args.sections else None
+  if scale_name not in SCALES:
+    parser.error(f"unknown scale {scale_name!r}")
+  if unknown := [v for v in variants if v not in VARIANTS]:
+    parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+  if unknown := [x for x in sections or () if x not in section_names()]:
+    parser.error(f"unknown sections {unknown}; choose from {section_names()}")
+
+  if args.child:  # one section, in its own process
+    data = run_section(args.child, scale_name, variants)
+    pathlib.Path(args.child_out).write_text(json.dumps(data))
+    return
+
+  import bench_report  # beside this file (on sys.path when run as a script)
+
+  for path in (args.out, args.png, args.json):  # fail now, not after the run
+    if path:
+      pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  isolate = args.isolate if args.isolate is not None else scale_name == "full"
+  print(
+    f"bench_step: scale={scale_name}, isolate={isolate}, "
+    f"{len(sections or section_names())} sections, variants {','.join(variants)}"
+  )
+  results = run_suite(scale_name, isolate=isolate, variants=variants, sections=sections)
+  print(f"total {results['runtime_s']:.0f} s")
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+  markdown = bench_report.render(results, command=_command(args))
+  if args.out:
+    out = pathlib.Path(args.out)
+    out.write_text(markdown)
+    png = pathlib.Path(args.png) if args.png else out.with_name("results.png")
+    if bench_report.chart(results, png):
+      print(f"wrote {out} and {png}")
+    else:
+      print(f"wrote {out} (no chart: matplotlib is not installed)")
+  else:
+    print(markdown)
+  print(bench_report.target_summary(results))
+
+
+def _command(args: argparse.Namespace) -> str:
+  cmd = "python benchmarks/bench_step.py"
+  if args.quick:
+    cmd += " --quick"
+  for flag in ("sections", "variants", "out"):
+    if getattr(args, flag):
+      cmd += f" --{flag} {getattr(args, flag)}"
+  return cmd
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,233 @@
+"""Smoke test of the step benchmark (benchmarks/bench_step.py, bench_report.py).
+
+Runs the suite's "tiny" scale in-process on a subset that still reaches every
+section and every variant, renders RESULTS.md and the chart into tmp_path, and
+checks what the report is built from: the rows, the bytes model, the state
+sizes, the eager agreement with optax and the target table. Timings at this
+scale mean nothing and are not checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import pathlib
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+SECTIONS = [
+  "roofline",
+  "tree:one_big_leaf",
+  "tree:many_small",
+  "tree:bf16_big_leaf",
+  "states",
+  "compile",
+  "eager",
+]
+# Bytes a step must move per param: params read+written, grads read, each
+# state array read+written. float32 params and state, then bfloat16 params
+# with float32 state (ours on the bf16 tree) and with bfloat16 state.
+F32 = {"plain": 20, "centered": 28, "momentum": 28, "centered+momentum": 36}
+BF16_F32_STATE = {"plain": 14, "centered": 22, "momentum": 22, "centered+momentum": 30}
+BF16 = {"plain": 10, "centered": 14, "momentum": 14, "centered+momentum": 18}
+
+
+def _import(name: str):
+  sys.path.insert(0, str(BENCHMARKS))
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def bench():
+  return _import("bench_step")
+
+
+@pytest.fixture(scope="module")
+def report():
+  return _import("bench_report")
+
+
+@pytest.fixture(scope="module")
+def results(bench):
+  return bench.run_suite("tiny", sections=SECTIONS, log=lambda _: None)
+
+
+def _trees(results):
+  return {k[5:]: v for k, v in results["sections"].items() if k.startswith("tree:")}
+
+
+def test_every_section_ran(bench, results):
+  assert set(results["sections"]) == set(SECTIONS) | {"roofline_end"}
+  for name, sec in results["sections"].items():
+    assert "error" not in sec, (name, sec)
+  assert results["variants"] == list(bench.VARIANTS)
+  for key in ("cpu", "platform", "device", "jax", "optax", "torch_device"):
+    assert results["machine"][key]
+
+
+def test_tree_rows_and_bytes_model(bench, results):
+  trees = _trees(results)
+  assert set(trees) == {"one_big_leaf", "many_small", "bf16_big_leaf"}
+  for name, tree in trees.items():
+    assert list(tree["variants"]) == list(bench.VARIANTS)
+    n = tree["n_params"]
+    for vname, impls in tree["variants"].items():
+      expected = {"ours", "optax"} | ({"ours bf16 state"} if "bf16" in name else set())
+      assert expected <= set(impls), (name, vname, set(impls))
+      for impl, row in impls.items():
+        assert 0 < row["best_s"] <= row["median_s"], (name, vname, impl)
+        assert row["n"] >= 1
+        if "hlo_bytes" in row:  # JAX rows: the compiled step moves no less
+          assert row["hlo_bytes"] >= row["bytes"], (name, vname, impl)
+      if name == "bf16_big_leaf":
+        assert impls["ours"]["bytes"] == BF16_F32_STATE[vname] * n
+        assert impls["ours bf16 state"]["bytes"] == BF16[vname] * n
+        assert impls["optax"]["bytes"] == BF16[vname] * n
+      else:
+        assert impls["ours"]["bytes"] == impls["optax"]["bytes"] == F32[vname] * n
+
+
+def test_torch_rows(results):
+  pytest.importorskip("torch", reason="torch rows need torch")
+  if results["machine"]["platform"] != "cpu":
+    pytest.skip("torch rows are left out unless torch runs beside JAX")
+  for name, tree in _trees(results).items():
+    table = BF16 if tree["dtype"] == "bfloat16" else F32
+    for vname, impls in tree["variants"].items():
+      for impl in ("torch foreach", "torch single"):
+        assert impls[impl]["bytes"] == table[vname] * tree["n_params"], (name, impl)
+
+
+def test_state_bytes_per_param(bench, results):
+  states = results["sections"]["states"]
+  memory = states["memory"]
+  assert list(memory) == list(bench.VARIANTS)
+  shapes = bench.trees(bench.SCALES["tiny"])[states["memory_tree"]].shapes
+  sizes = [math.prod(s) for s in shapes.values()]
+  n = sum(sizes)
+  assert n == states["memory_n_params"]
+  # 8-bit nu: one uint8 code per element plus one float32 maximum per block of
+  # 256 elements of each leaf, the last block padded.
+  eight_bit = sum(s + 4 * max(1, math.ceil(s / 256)) for s in sizes) / n
+  assert 1.0 < eight_bit < 1.1
+  buffers = {"plain": 0, "centered": 1, "momentum": 1, "centered+momentum": 2}
+  for vname, row in memory.items():
+    k = buffers[vname]
+    assert row["float32"] == 4.0 * (1 + k), vname
+    assert row["bfloat16"] == 2.0 * (1 + k), vname
+    assert row["8bit nu"] == pytest.approx(eight_bit + 4.0 * k), vname
+    assert row["8bit nu + bf16 buffers"] == pytest.approx(eight_bit + 2.0 * k)
+    assert row["optax"] == row["float32"], vname
+  for vname, impls in states["timing"].items():
+    for name in ("ours float32", "ours bfloat16", "ours 8bit nu", "optax float32"):
+      assert isinstance(impls[name], dict), (vname, name, impls[name])
+
+
+def test_compile_and_eager(bench, report, results):
+  both = [v for v in bench.VARIANTS if v in bench.COMPILE_VARIANTS]
+  comp, eager = results["sections"]["compile"], results["sections"]["eager"]
+  for vname in both:
+    for impl in ("ours", "optax"):
+      row = comp[vname][impl]
+      assert row["total_best_s"] > 0 and row["entry_fusions"] > 0
+      assert row["stablehlo_ops"] > 0
+    row = eager[vname]
+    assert row["max_rel_diff"] <= report.EAGER_REL_DIFF_MAX, (vname, row)
+    assert 0 < row["equal_fraction"] <= 1
+
+
+def test_targets(report, results):
+  rows = report.targets(results)
+  assert rows and all(met in (True, False, None) for *_, met in rows)
+  kinds = {
+    "step ours/optax": 3 * 4,  # three trees, four variants
+    ">= 80% of roofline": 4,
+    "faster than torch foreach": 3 * 4,
+    "eager update": 2,
+    "eager result": 2,
+    "compile ours/optax": 1,
+  }
+  for prefix, count in kinds.items():
+    assert sum(name.startswith(prefix) for name, *_ in rows) == count, prefix
+  assert len(rows) == sum(kinds.values())
+  # Measured and compared, whatever the (meaningless) tiny timings say.
+  for name, measured, met in rows:
+    if name.startswith(("step", ">=", "eager", "compile")):
+      assert met is not None, (name, measured)
+    if name.startswith("eager result"):
+      assert met is True, (name, measured)
+  bf16 = [m for name, m, _ in rows if name.startswith("step") and "bf16" in name]
+  assert all("ours moves" in m and "like-for-like" in m for m in bf16)
+  summary = report.target_summary(results)
+  assert summary.startswith("targets: ")
+
+
+def _table_widths(markdown: str) -> list[tuple[int, int]]:
+  """(header cells, row cells) for each table row; escaped pipes don't split."""
+  out, header = [], None
+  for line in markdown.splitlines():
+    if not line.startswith("|"):
+      header = None
+      continue
+    cells = len(re.split(r"(?<!\\)\|", line)) - 2
+    if header is None:
+      header = cells
+    out.append((header, cells))
+  return out
+
+
+def test_render_markdown_and_chart(report, results, tmp_path):
+  markdown = report.render(results, command="pytest")
+  (tmp_path / "RESULTS.md").write_text(markdown)
+  assert "## Targets:" in markdown and "## Bandwidth roofline" in markdown
+  for heading in ("Optimizer state memory", "Compile time", "Eager update"):
+    assert f"## {heading}" in markdown
+  assert results["machine"]["cpu"] in markdown
+  assert "indicative only" in markdown  # not the full scale
+  for impl in ("ours", "ours bf16 state", "optax"):
+    assert f"| {impl} |" in markdown
+  if "torch foreach" in _trees(results)["many_small"]["variants"]["plain"]:
+    assert "| torch foreach |" in markdown and "| torch single |" in markdown
+  assert "MET" in markdown or "MISSED" in markdown
+  widths = _table_widths(markdown)
+  assert widths and all(h == c for h, c in widths)
+
+  png = tmp_path / "results.png"
+  pytest.importorskip("matplotlib", reason="the chart needs matplotlib")
+  assert report.chart(results, png)
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_line_subset(bench, report, tmp_path, capsys):
+  # `report` imported: main() imports bench_report by name, as a script would.
+  out = tmp_path / "RESULTS.md"
+  bench.main(
+    ["--scale", "tiny", "--sections", "roofline", "--variants", "plain"]
+    + ["--out", str(out), "--json", str(tmp_path / "r.json")]
+  )
+  text = out.read_text()
+  assert "--sections roofline --variants plain" in text
+  assert "## Bandwidth roofline" in text and "## Jitted step" not in text
+  assert "targets: 0 MET, 0 MISSED" in capsys.readouterr().out
+  assert not (tmp_path / "results.png").exists()  # no tree section: no chart
+  with pytest.raises(SystemExit):
+    bench.main(["--scale", "tiny", "--sections", "tree:nope"])
+
+
+def test_hlo_traffic_counts_each_pass(bench):
+  x = jax.ShapeDtypeStruct((1000,), jnp.float32)
+  one_pass = jax.jit(lambda a, b: a * 2 + b).lower(x, x).compile().as_text()
+  assert bench.hlo_traffic(one_pass) == 3 * 4000  # read a, b; write the sum
+
+
+def test_failed_child_section_is_recorded(bench):
+  data = bench._run_child("no-such-section", "tiny", ["plain"])
+  assert "unknown section" in data["error"]
