@@ -297,12 +297,12 @@ def _transformation(
     "weight_decay": None if callable(weight_decay) or not use_wd else weight_decay,
   }
   # Python numbers are static (see _apply); everything else is an argument.
-  constants = tuple(
-    (k, float(v))
+  constants = {
+    k: float(v)
     for k, v in hyper.items()
     if isinstance(v, (int, float)) and not isinstance(v, bool)
-  )
-  hyper = {k: None if k in dict(constants) else v for k, v in hyper.items()}
+  }
+  hyper = {k: v for k, v in hyper.items() if k not in constants}
 
   def init_fn(params: optax.Params) -> RMSPropState:
     _checks.check_params_inexact(name, params)
@@ -372,7 +372,7 @@ def _transformation(
       lr_in_momentum=lr_in_momentum,
       maximize=maximize,
       quantize_nu=quantize_nu,
-      constants=constants,
+      constants=tuple(constants.items()),
     )
     return _apply(updates, state, params, hyper, static=static)
 
