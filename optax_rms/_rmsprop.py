@@ -116,7 +116,7 @@ def _apply(
   params: optax.Params | None,
   hyper: dict[str, Any],
   static: _Static,
-) -> tuple[optax.Updates, RMSPropState]:
+) -> tuple[list[Any], RMSPropState]:
   """One RMSprop step over a whole tree: the only place the math lives.
 
   Jitted at module level, so that an eager call is one dispatch instead of ~15
@@ -220,8 +220,15 @@ def _apply(
       new_nu, new_scale = _quantize.quantize(new_nu, count_inc, index)
     else:
       new_nu, new_scale = new_nu.astype(nu_stored.dtype), None
+    if step is new_mom and mom_dtype == out_dtype:
+      # The step is the new momentum buffer itself: update() returns that one
+      # array twice (as optax.trace does), instead of this computation
+      # returning a copy of it (one more kernel per leaf in an eager call).
+      out_step = None
+    else:
+      out_step = step.astype(out_dtype)
     return (
-      step.astype(out_dtype),
+      out_step,
       new_nu,
       new_scale,
       None if new_mu is None else new_mu.astype(mu_dtype),
@@ -254,7 +261,8 @@ def _apply(
     momentum=unflatten(moms) if static.has_momentum else None,
     nu_scale=unflatten(scales) if static.quantize_nu else None,
   )
-  return unflatten(steps), new_state
+  # A None step is the new momentum buffer (see leaf); update() fills it in.
+  return list(steps), new_state
 
 
 def _transformation(
@@ -374,7 +382,11 @@ def _transformation(
       quantize_nu=quantize_nu,
       constants=tuple(constants.items()),
     )
-    return _apply(updates, state, params, hyper, static=static)
+    steps, new_state = _apply(updates, state, params, hyper, static=static)
+    if static.has_momentum:
+      moms = treedef.flatten_up_to(new_state.momentum)
+      steps = [m if s is None else s for s, m in zip(steps, moms, strict=True)]
+    return treedef.unflatten(steps), new_state
 
   return init_fn, update_fn
 
