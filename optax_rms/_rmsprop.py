@@ -305,12 +305,12 @@ def _transformation(
     "weight_decay": None if callable(weight_decay) or not use_wd else weight_decay,
   }
   # Python numbers are static (see _apply); everything else is an argument.
-  constants = {
-    k: float(v)
+  constants = tuple(
+    (k, float(v))
     for k, v in hyper.items()
     if isinstance(v, (int, float)) and not isinstance(v, bool)
-  }
-  hyper = {k: v for k, v in hyper.items() if k not in constants}
+  )
+  hyper = {k: v for k, v in hyper.items() if k not in dict(constants)}
 
   def init_fn(params: optax.Params) -> RMSPropState:
     _checks.check_params_inexact(name, params)
@@ -380,7 +380,7 @@ def _transformation(
       lr_in_momentum=lr_in_momentum,
       maximize=maximize,
       quantize_nu=quantize_nu,
-      constants=tuple(constants.items()),
+      constants=constants,
     )
     steps, new_state = _apply(updates, state, params, hyper, static=static)
     if static.has_momentum:
