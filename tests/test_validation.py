@@ -1,5 +1,7 @@
 """Bad input fails at construction time with a message naming the argument."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,8 +61,18 @@ BAD_VALUES = [
 ]
 
 
+def _case_id(kwargs: dict) -> str:
+  """A test id that is the same in every process (pytest-xdist compares the
+  workers' collections): a function's repr holds its address, so a schedule
+  is named by what it returns."""
+  return ",".join(
+    f"{k}=schedule->{v(0)!r}" if inspect.isfunction(v) else f"{k}={v!r}"
+    for k, v in kwargs.items()
+  )[:60]
+
+
 @pytest.mark.parametrize(
-  "kwargs,error,pattern", BAD_VALUES, ids=[repr(b[0])[:60] for b in BAD_VALUES]
+  "kwargs,error,pattern", BAD_VALUES, ids=[_case_id(b[0]) for b in BAD_VALUES]
 )
 def test_bad_hyperparameters_raise_at_construction(kwargs, error, pattern):
   kwargs = {"learning_rate": 0.1, **kwargs}
