@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 import types
@@ -152,7 +153,10 @@ def run_timm(
     torch.nn.Parameter(torch.tensor(params0[n], dtype=torch.float32))
     for n in PARAM_NAMES
   ]
-  opt = rmsprop_tf.RMSpropTF(params, lr=float(lrs[0]), foreach=False, **kwargs)
+  # timm releases before the foreach path have only the single-tensor one.
+  accepts = inspect.signature(rmsprop_tf.RMSpropTF).parameters
+  single = {"foreach": False} if "foreach" in accepts else {}
+  opt = rmsprop_tf.RMSpropTF(params, lr=float(lrs[0]), **single, **kwargs)
   out = _empty_trajectory(steps, params0)
   for t in range(steps):
     for group in opt.param_groups:
