@@ -17,3 +17,29 @@ import jax  # noqa: E402
 
 # 8 simulated CPU devices for the pmap / sharding tests (tests/test_transforms.py).
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+N_DEVICES = 8
+_ONE_ACCELERATOR = (
+  "needs 8 devices of one platform: the 8 simulated CPU devices above serve "
+  "only when JAX's default backend is the CPU (on a GPU machine run these with "
+  "JAX_PLATFORMS=cpu)"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Skips the multidevice tests where the default backend has fewer devices
+  (a machine with one GPU); everywhere else they run."""
+  del config
+  import pytest
+
+  if jax.device_count() >= N_DEVICES:
+    return
+  skip = pytest.mark.skip(reason=_ONE_ACCELERATOR)
+  for item in items:
+    # The sharding docstrings build meshes of 8 devices; a doctest takes no
+    # marker, so it is named here.
+    if "multidevice" in item.keywords or item.nodeid.startswith(
+      "optax_rms/sharding.py::"
+    ):
+      item.add_marker(skip)

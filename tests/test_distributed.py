@@ -36,6 +36,9 @@ from tolerances import SAME_MATH, VS_FLOAT64
 import optax_rms
 from optax_rms import sharding
 
+# Meshes of 8 devices throughout (the rule tests need none, but are cheap).
+pytestmark = pytest.mark.multidevice
+
 N_DEVICES = 8
 LR = 0.01  # the step size sets how far gradient rounding moves the params
 STEPS = 5

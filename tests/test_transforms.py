@@ -182,6 +182,7 @@ def test_vmap_over_independent_problems_matches_each_alone(kwargs):
 # --- pmap -----------------------------------------------------------------------
 
 
+@pytest.mark.multidevice
 @variants
 def test_pmap_data_parallel_matches_single_device_full_batch(kwargs):
   # jax.pmap does not warn in jax 0.10 (it is rebuilt on shard_map); if a later
@@ -245,6 +246,7 @@ def _assert_same_sharding(tree, params, what):
     )
 
 
+@pytest.mark.multidevice
 @variants
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
 @pytest.mark.parametrize("mesh_name", list(MESHES))
