@@ -83,7 +83,16 @@ def test_resume_in_a_fresh_process_equals_training_straight(
 
   The momentum variant keeps every buffer a resume could lose (count, nu and
   the momentum trace); batches are a pure function of (seed, epoch).
+
+  CPU only: on an H100 the resumed and the straight run ended ~1e-2 apart
+  (params of size ~0.1), as two processes' GPU runs can: XLA:GPU autotunes
+  its convolution and matmul kernels per process, and float32 convolutions
+  run in TF32 there by default, so each process may round differently and 4
+  epochs amplify it. Not compared to a tolerance, because no tolerance
+  separates that from a lost buffer.
   """
+  if jax.default_backend() != "cpu":
+    pytest.skip("bitwise resume needs the same kernels in both processes (CPU)")
   out = tmp_path / "resumed"
   first = _run_example(
     "--epochs", "2", "--checkpoint-every", "1", "--variant", variant, "--out", str(out)

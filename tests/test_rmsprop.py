@@ -151,11 +151,15 @@ def test_centered_variance_clamp_keeps_step_one_finite(eps_in_sqrt):
   slack = 1 + 4 * np.finfo(np.float32).eps  # the float32 rounding of the bound
   assert np.all(np.isfinite(u_ours))
   assert np.all(np.abs(np.asarray(u_ours)) <= bound * slack)
-  # Why the clamp: optax breaks the bound (NaN, or a larger step).
-  abs_ref = np.abs(np.asarray(u_ref))
-  assert np.any(~np.isfinite(abs_ref) | (abs_ref > bound * slack)), (
-    "optax no longer breaks the bound here: revisit the clamp's rationale"
-  )
+  # Why the clamp: optax breaks the bound (NaN, or a larger step). Where the
+  # rounding noise falls is up to the backend's code generation: on an H100
+  # (jax 0.11.2) optax stayed within the bound for this input, so the
+  # rationale is checked on the CPU, where this input shows it.
+  if jax.default_backend() == "cpu":
+    abs_ref = np.abs(np.asarray(u_ref))
+    assert np.any(~np.isfinite(abs_ref) | (abs_ref > bound * slack)), (
+      "optax no longer breaks the bound here: revisit the clamp's rationale"
+    )
 
 
 # --------------------------------------------------------------------------
