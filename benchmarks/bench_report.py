@@ -9,6 +9,17 @@ from typing import Any
 # the bfloat16 tree, no torch rows where torch could not run beside JAX).
 IMPLS = ("ours", "ours bf16 state", "optax", "torch foreach", "torch single")
 STEP_RATIO_MAX = 1.05  # jitted step, ours / optax, best-of-N
+# The sections that targets are read from (bench_step.section_names() less
+# roofline and states): one left out of a run is listed as not measured.
+TARGET_SECTIONS = (
+  "tree:one_big_leaf",
+  "tree:resnet50_like",
+  "tree:many_small",
+  "tree:transformer_like",
+  "tree:bf16_big_leaf",
+  "compile",
+  "eager",
+)
 ROOFLINE_MIN = 0.80  # ours on the one-big-leaf tree, fraction of the roofline
 EAGER_SPEEDUP_MIN = 10.0  # optax eager / ours eager
 COMPILE_RATIO_MAX = 0.70  # ours / optax, centered+momentum, many_small tree
@@ -171,6 +182,9 @@ def targets(results: dict[str, Any]) -> list[Target]:
       rows.append(
         (f"targets of section {name}", f"n/a: it failed: {sec['error']}", None)
       )
+  for name in TARGET_SECTIONS:  # a subset, or a run cut short
+    if name not in results["sections"]:
+      rows.append((f"targets of section {name}", "n/a: not in this run", None))
   return rows
 
 
@@ -194,6 +208,14 @@ def target_summary(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _steps_per_sample(node: Any) -> list[int]:
+  """Every "steps_per_sample" in the results, at any depth."""
+  if isinstance(node, dict):
+    own = [node["steps_per_sample"]] if "steps_per_sample" in node else []
+    return own + [m for v in node.values() for m in _steps_per_sample(v)]
+  return []
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
   """A Markdown table; "|" inside a cell is escaped."""
 
@@ -213,8 +235,19 @@ def _machine_lines(results: dict[str, Any]) -> list[str]:
       f"- Machine: JAX on {m['device_count']}x {m['device']} (platform "
       f"`{m['platform']}`, the first device timed); host {host}"
     )
+  per_sample = sorted(set(_steps_per_sample(results["sections"])))
+  if per_sample in ([], [1]):
+    timing = "- Timing: each sample is one step, waited for (block_until_ready)"
+  else:
+    timing = (
+      "- Timing: each sample is the mean of m steps queued back to back with "
+      f"one wait at the end, m = {per_sample[0]} to {per_sample[-1]} (so a "
+      "sample lasts >= 2 ms: a per-step wait would add the launch and sync "
+      "latency to every step); eager updates are timed one call each"
+    )
   return [
     where,
+    timing,
     f"- torch rows: {m['torch_device']}",
     f"- Versions: Python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, "
     f"optax {m['optax']}, torch {m['torch']}, numpy {m['numpy']}",
@@ -400,7 +433,7 @@ def render(results: dict[str, Any], command: str = "") -> str:
             vname,
             name,
             f"{r['bytes'] / n:.1f}",
-            f"{r['hlo_bytes'] / n:.1f}",
+            f"{r['hlo_bytes'] / n:.1f}" if "hlo_bytes" in r else "?",
             _ms(r["best_s"]),
             _ms(r["median_s"]),
             f"{_gbs(r['bytes'], r['best_s']):.1f}",

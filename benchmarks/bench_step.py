@@ -294,30 +294,60 @@ def _nbytes(tree: Any) -> int:
 # Timing.
 
 
-def alternate(
-  impls: dict[str, Callable[[], None]], scale: Scale
-) -> dict[str, list[float]]:
-  """Per-step seconds of each implementation, run in alternating blocks.
+def default_min_sample_s() -> float:
+  """Shortest timed sample: 0 on the CPU (every step timed on its own), 2 ms on
+  an accelerator.
 
-  Each implementation first runs three times untimed (compilation, first
-  touch of memory, torch's lazy state); the faster of the last two estimates
-  its step time (one stalled run must not cut its sample count). Then, for
+  On a GPU the step is queued asynchronously: timing one step from its call to
+  block_until_ready adds the launch and synchronisation latency (tens of
+  microseconds) to a 0.1 ms step. There each sample is the mean of m steps
+  queued back to back with one sync at the end, m chosen so the sample lasts
+  about this long, as a training loop runs them.
+  """
+  return 0.0 if jax.devices()[0].platform == "cpu" else 2e-3
+
+
+def alternate(
+  impls: dict[str, Callable[..., None]],
+  scale: Scale,
+  min_sample_s: float | None = None,
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+  """Per-step seconds of each implementation, run in alternating blocks, and
+  the steps averaged in each sample.
+
+  Each impl is called as impl(block): block=False may return before its work
+  is done (queued on an accelerator); block=True waits for it.
+
+  Each implementation first runs once untimed (compilation, first touch of
+  memory, torch's lazy state), then twice 4 steps queued back to back, the
+  last waited for: the faster estimates its step time (one stalled run must
+  not cut its sample count; queued, so that a waited step's sync latency does
+  not shrink m on an accelerator). Then, for
   `scale.rounds` rounds with the order rotated each round, each runs one
   untimed step (it wakes its thread pool and caches after the previous
-  implementation) and then k consecutive timed steps (k ~ block_s / its step
-  time, 1 <= k <= max_k). Background load therefore lands on all
-  implementations alike; the best step is the least-disturbed one.
+  implementation) and then k consecutive timed samples (k ~ block_s / its
+  sample time, 1 <= k <= max_k). A sample is m steps, the last one waited for,
+  divided by m: m = 1 on the CPU, see default_min_sample_s for accelerators.
+  Background load therefore lands on all implementations alike; the best
+  sample is the least-disturbed one.
   """
+  if min_sample_s is None:
+    min_sample_s = default_min_sample_s()
   names = list(impls)
   estimate = {}
   for name in names:
-    impls[name]()
+    impls[name](True)
     runs = []
     for _ in range(2):
       t0 = time.perf_counter()
-      impls[name]()
-      runs.append(time.perf_counter() - t0)
+      for i in range(4):
+        impls[name](i == 3)
+      runs.append((time.perf_counter() - t0) / 4)
     estimate[name] = min(runs)
+  per_sample = {
+    name: max(1, min(100, math.ceil(min_sample_s / max(estimate[name], 1e-9))))
+    for name in names
+  }
   samples: dict[str, list[float]] = {name: [] for name in names}
   for r in range(scale.rounds):
     shift = r % len(names)
@@ -325,22 +355,25 @@ def alternate(
     gc.disable()  # no collector pause inside a timed step
     try:
       for name in names[shift:] + names[:shift]:
-        k = round(scale.block_s / max(estimate[name], 1e-6))
-        impls[name]()
+        m = per_sample[name]
+        k = round(scale.block_s / max(estimate[name] * m, 1e-6))
+        impls[name](True)
         for _ in range(max(1, min(scale.max_k, k))):
           t0 = time.perf_counter()
-          impls[name]()
-          samples[name].append(time.perf_counter() - t0)
+          for i in range(m):
+            impls[name](i == m - 1)
+          samples[name].append((time.perf_counter() - t0) / m)
     finally:
       gc.enable()
-  return samples
+  return samples, per_sample
 
 
-def _stats(samples: list[float]) -> dict[str, Any]:
+def _stats(samples: list[float], steps_per_sample: int = 1) -> dict[str, Any]:
   return {
     "best_s": min(samples),
     "median_s": statistics.median(samples),
     "n": len(samples),
+    "steps_per_sample": steps_per_sample,
   }
 
 
@@ -422,12 +455,17 @@ def jax_runner(
   hlo = step.lower(params, grads, state).compile().as_text()
   box = [params, state]
 
-  def run() -> None:
+  def run(block: bool = True) -> None:
     box[0], box[1] = step(box[0], grads, box[1])
-    jax.block_until_ready(box)
+    if block:
+      jax.block_until_ready(box)
 
-  nbytes = 2 * _nbytes(params) + _nbytes(grads) + 2 * _nbytes(state)
-  return run, {"bytes": nbytes, "hlo_bytes": hlo_traffic(hlo)}
+  out = {"bytes": 2 * _nbytes(params) + _nbytes(grads) + 2 * _nbytes(state)}
+  try:
+    out["hlo_bytes"] = hlo_traffic(hlo)
+  except (IndexError, KeyError, ValueError) as e:  # another backend's HLO dialect
+    print(f"hlo_traffic: could not read the compiled HLO ({e!r})", file=sys.stderr)
+  return run, out
 
 
 def torch_device() -> tuple[str | None, str]:
@@ -482,9 +520,10 @@ def torch_runners(
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def runner(opt: Any) -> Callable[[], None]:
-    def run() -> None:
+    def run(block: bool = True) -> None:
       opt.step()
-      sync()
+      if block:
+        sync()
 
     return run
 
@@ -534,25 +573,29 @@ def section_roofline(scale: Scale) -> dict[str, Any]:
   triad_in_place = jax.jit(lambda b, c, s: b + s * c, donate_argnums=0)
   box = {"y": x + 1, "a": x + 2, "b": b}
 
-  def run_copy():
+  def run_copy(block=True):
     box["y"] = copy(box["y"], x)
-    box["y"].block_until_ready()
+    if block:
+      box["y"].block_until_ready()
 
-  def run_triad():
+  def run_triad(block=True):
     box["a"] = triad(box["a"], x, c, s)
-    box["a"].block_until_ready()
+    if block:
+      box["a"].block_until_ready()
 
-  def run_triad_in_place():
+  def run_triad_in_place(block=True):
     box["b"] = triad_in_place(box["b"], c, s)
-    box["b"].block_until_ready()
+    if block:
+      box["b"].block_until_ready()
 
   impls = {"copy": run_copy, "triad": run_triad, "triad in place": run_triad_in_place}
   per_elem = {"copy": 8, "triad": 12, "triad in place": 12}
-  samples = alternate(impls, scale)
+  samples, m = alternate(impls, scale)
   return {
     "n": n,
     "kernels": {
-      name: {**_stats(samples[name]), "bytes": per_elem[name] * n} for name in impls
+      name: {**_stats(samples[name], m[name]), "bytes": per_elem[name] * n}
+      for name in impls
     },
   }
 
@@ -573,7 +616,7 @@ def section_tree(scale: Scale, tree: Tree, variants: list[str]) -> dict[str, Any
   rows = {}
   for vname in variants:
     variant = VARIANTS[vname]
-    impls: dict[str, Callable[[], None]] = {}
+    impls: dict[str, Callable[..., None]] = {}
     nbytes: dict[str, dict[str, int]] = {}
     txs = {"ours": optax_rms.rmsprop(LR, DECAY, EPS, **variant, **tree.ours_kwargs)}
     for name, kwargs in tree.extra_ours.items():
@@ -592,10 +635,12 @@ def section_tree(scale: Scale, tree: Tree, variants: list[str]) -> dict[str, Any
         device,
       )
       impls.update(runners)
-    samples = alternate(impls, scale)
+    samples, m = alternate(impls, scale)
     if torch_bytes is not None:
       nbytes.update(torch_bytes())
-    rows[vname] = {name: {**_stats(samples[name]), **nbytes[name]} for name in impls}
+    rows[vname] = {
+      name: {**_stats(samples[name], m[name]), **nbytes[name]} for name in impls
+    }
     del impls, samples
     gc.collect()
   return {
@@ -670,8 +715,10 @@ def section_states(scale: Scale, variants: list[str]) -> dict[str, Any]:
       except Exception as e:  # noqa: BLE001 - reported, not fatal
         impls.pop(name, None)
         skipped[name] = f"error: {type(e).__name__}: {e}"
-    samples = alternate(impls, scale)
-    timing[vname] = {name: {**_stats(samples[name]), **nbytes[name]} for name in impls}
+    samples, m = alternate(impls, scale)
+    timing[vname] = {
+      name: {**_stats(samples[name], m[name]), **nbytes[name]} for name in impls
+    }
     timing[vname].update(skipped)
     del impls, samples
     gc.collect()
@@ -792,11 +839,13 @@ def section_eager(scale: Scale, variants: list[str]) -> dict[str, Any]:
     for name, tx in txs.items():
       state = tx.init(params)
 
-      def run(tx=tx, state=state):
+      def run(block=True, tx=tx, state=state):
+        del block  # always waited for: a notebook sees the latency
         jax.block_until_ready(tx.update(grads, state, params))
 
       impls[name] = run
-    samples = alternate(impls, eager_scale)
+    # One call per sample: the eager latency is what a notebook user waits.
+    samples, _ = alternate(impls, eager_scale, min_sample_s=0.0)
     out[vname] = {
       **{name: _stats(samples[name]) for name in impls},
       "max_rel_diff": rel,
@@ -885,6 +934,7 @@ def run_suite(
   variants: list[str] | None = None,
   sections: list[str] | None = None,
   log: Callable[[str], None] = print,
+  after_section: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
   """Runs the sections (roofline twice: first and last) and returns all data.
 
@@ -892,6 +942,8 @@ def run_suite(
   section that fails is recorded as {"error": ...} and the run goes on). The
   parent then never starts a JAX backend, which on a GPU would hold most of
   its memory while the children run.
+  after_section: called with the results so far after each section (to save
+  them: a run cut short keeps what it measured).
   """
   variants = list(variants or VARIANTS)
   sections = list(sections or section_names())
@@ -919,8 +971,10 @@ def run_suite(
     else:
       results["sections"][name] = data
     log(f"  {name:24s} {time.perf_counter() - t0:6.1f} s   load {_load()}")
-  results["load_end"] = _load()
-  results["runtime_s"] = time.perf_counter() - t_start
+    results["load_end"] = _load()
+    results["runtime_s"] = time.perf_counter() - t_start
+    if after_section is not None:
+      after_section(results)
   return results
 
 
@@ -987,10 +1041,19 @@ def main(argv: list[str] | None = None) -> None:
     f"bench_step: scale={scale_name}, isolate={isolate}, "
     f"{len(sections or section_names())} sections, variants {','.join(variants)}"
   )
-  results = run_suite(scale_name, isolate=isolate, variants=variants, sections=sections)
+
+  def save(results: dict[str, Any]) -> None:
+    if args.json:
+      pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+
+  results = run_suite(
+    scale_name,
+    isolate=isolate,
+    variants=variants,
+    sections=sections,
+    after_section=save,
+  )
   print(f"total {results['runtime_s']:.0f} s")
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
   markdown = bench_report.render(results, command=_command(args))
   if args.out:
     out = pathlib.Path(args.out)

@@ -14,6 +14,7 @@ import math
 import pathlib
 import re
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +145,11 @@ def test_compile_and_eager(bench, report, results):
     assert 0 < row["equal_fraction"] <= 1
 
 
+def test_target_sections_are_the_benchmarks_sections(bench, report):
+  names = set(bench.section_names()) - {"roofline", "states"}
+  assert set(report.TARGET_SECTIONS) == names
+
+
 def test_targets(report, results):
   rows = report.targets(results)
   assert rows and all(met in (True, False, None) for *_, met in rows)
@@ -154,6 +160,7 @@ def test_targets(report, results):
     "eager update": 2,
     "eager result": 2,
     "compile ours/optax": 1,
+    "targets of section": 2,  # the two trees SECTIONS leaves out
   }
   for prefix, count in kinds.items():
     assert sum(name.startswith(prefix) for name, *_ in rows) == count, prefix
@@ -231,3 +238,29 @@ def test_hlo_traffic_counts_each_pass(bench):
 def test_failed_child_section_is_recorded(bench):
   data = bench._run_child("no-such-section", "tiny", ["plain"])
   assert "unknown section" in data["error"]
+
+
+def test_accelerator_samples_average_back_to_back_steps(bench):
+  """On an accelerator a sample is m steps queued back to back, only the last
+  waited for (bench_step.default_min_sample_s); on the CPU, one waited step."""
+  calls: list[bool] = []
+
+  def step(block=True):
+    calls.append(block)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 1e-4:  # a 0.1 ms "step"
+      pass
+
+  scale = bench.SCALES["quick"]
+  samples, per_sample = bench.alternate({"a": step}, scale, min_sample_s=2e-3)
+  m = per_sample["a"]
+  assert 2 <= m <= 20  # ~2 ms / 0.1 ms, less when the host is slow
+  timed = calls[9:]  # after the warm-up: 1 call, then twice 4 queued
+  # Per round: one waited untimed step, then samples of m calls, the last waited.
+  assert timed.count(False) == len(samples["a"]) * (m - 1)
+  assert timed.count(True) == scale.rounds + len(samples["a"])
+  assert all(s >= 1e-4 for s in samples["a"])  # per step, not per sample
+  if jax.devices()[0].platform == "cpu":
+    calls.clear()
+    _, per_sample = bench.alternate({"a": step}, scale)
+    assert per_sample == {"a": 1} and all(calls[9:])

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU checks, in one go, for a machine lent with a GPU (JAX with CUDA,
+# torch with CUDA, optax and flax already installed there; this repository
+# copied in, not installed). Writes into the folder given (default ./gpu-out):
+#   gpu.txt            the card and the versions
+#   RESULTS.md, results.png, bench.json, bench.log   the full benchmark suite
+#   pytest.log         the test suite with JAX on the GPU (the 8-device tests
+#                      skip: they need the CPU backend's simulated devices)
+# Each step has its own time limit, so one that overruns leaves the others.
+# Usage: bash benchmarks/gpu_check.sh [OUT_DIR] [BENCH_LIMIT_S] [TEST_LIMIT_S]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-gpu-out}
+bench_limit=${2:-330}
+test_limit=${3:-220}
+mkdir -p "$out"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem \
+    --format=csv
+  python3 -c 'import jax, optax, flax, torch
+print("jax", jax.__version__, "optax", optax.__version__, "flax", flax.__version__,
+      "torch", torch.__version__, jax.devices())'
+} 2>&1 | tee "$out/gpu.txt"
+
+# Leave torch room beside JAX's preallocated pool (the torch rows run on CUDA).
+# bench.json is rewritten after each section: a run cut short keeps what it
+# measured (bench_report.py renders it). BENCH_SECTIONS picks and orders them.
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 timeout "$bench_limit" \
+  python3 benchmarks/bench_step.py --out "$out/RESULTS.md" \
+  ${BENCH_SECTIONS:+--sections "$BENCH_SECTIONS"} \
+  --png "$out/results.png" --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+echo "bench exit status ${PIPESTATUS[0]}"
+
+# Several workers share the GPU: each allocates only what it uses.
+# -p no:benchmark: pytest-benchmark, where installed, warns under xdist, and
+# the suite turns warnings into errors. -v: a run cut short still lists every
+# outcome so far in pytest.log.
+XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$test_limit" \
+  python3 -m pytest -v -n 14 -p no:cacheprovider -p no:benchmark \
+  --durations=10 2>&1 | tee "$out/pytest.log" | grep -v " PASSED " | tail -40
+echo "pytest exit status ${PIPESTATUS[0]}"
