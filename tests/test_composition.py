@@ -192,6 +192,21 @@ def test_masked_matches_optax():
   assert state.inner_state.nu["w"].shape == params["w"].shape
 
 
+@variants
+def test_flatten_matches_unflattened_and_optax(kwargs):
+  """optax.flatten(rmsprop): the recipe for trees of many small leaves
+  (benchmarks/README.md): the state is one flat vector, the steps the same."""
+  params = _params()
+  grads_seq = [_grads(params, t) for t in range(10)]
+  flat, state = _run(optax.flatten(optax_rms.rmsprop(LR, **kwargs)), params, grads_seq)
+  leafwise, _ = _run(optax_rms.rmsprop(LR, **kwargs), params, grads_seq)
+  ref, _ = _run(optax.flatten(optax.rmsprop(LR, **kwargs)), params, grads_seq)
+  _assert_trees_close(flat, leafwise)
+  _assert_trees_close(flat, ref)
+  n = sum(p.size for p in jax.tree.leaves(params))
+  assert state.nu.shape == (n,)  # optax.flatten keeps the inner state as is
+
+
 def test_multi_transform_matches_optax():
   params = _params()
   labels = {"w": "rms", "b": "sgd"}
