@@ -52,6 +52,7 @@ try:
 except ImportError:  # the torch rows then read "n/a"
   torch = None
 
+FLATTENED = "optax.flatten(ours)"
 LR = 1e-3
 DECAY = 0.9
 EPS = 1e-8
@@ -161,6 +162,9 @@ class Tree:
   ours_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
   # More optax_rms configurations to time on this tree: impl name -> kwargs.
   extra_ours: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+  # Also time optax.flatten(ours): state in one flat vector, so one kernel
+  # updates every leaf's statistics (the recipe for many small leaves).
+  flatten_row: bool = False
 
   @property
   def n_params(self) -> int:
@@ -234,11 +238,13 @@ def trees(scale: Scale) -> dict[str, Tree]:
       f"batchnorm vectors, a {8 * 4 * scale.resnet_width}x{scale.resnet_classes} "
       "dense",
       resnet50_shapes(scale.resnet_width, scale.resnet_classes),
+      flatten_row=True,
     ),
     Tree(
       "many_small",
       f"{scale.small_leaves} float32 leaves of {scale.small_size} elements",
       {f"p{i:04d}": (scale.small_size,) for i in range(scale.small_leaves)},
+      flatten_row=True,
     ),
     Tree(
       "transformer_like",
@@ -443,12 +449,12 @@ def hlo_traffic(hlo_text: str) -> int:
 
 
 def jax_runner(
-  tx: optax.GradientTransformation, params: Any, grads: Any
-) -> tuple[Callable[[], None], dict[str, int]]:
-  """A no-argument step (params and state donated, updated in place), and its
-  bytes: "bytes", the fewest it must move (read params, grads, state; write
-  params, state), and "hlo_bytes", what its compiled program moves
-  (hlo_traffic)."""
+  tx: optax.GradientTransformation, params: Any, grads: Any, hlo_model: bool = True
+) -> tuple[Callable[..., None], dict[str, int]]:
+  """A step, run(block=True) (params and state donated, updated in place; see
+  alternate for block), and its bytes: "bytes", the fewest it must move (read
+  params, grads, state; write params, state), and "hlo_bytes", what its
+  compiled program moves (hlo_traffic; left out with hlo_model=False)."""
   state = tx.init(params)
   step = jax.jit(make_step(tx), donate_argnums=(0, 2))
   # Compiled once here; the jitted calls below reuse this executable.
@@ -461,10 +467,11 @@ def jax_runner(
       jax.block_until_ready(box)
 
   out = {"bytes": 2 * _nbytes(params) + _nbytes(grads) + 2 * _nbytes(state)}
-  try:
-    out["hlo_bytes"] = hlo_traffic(hlo)
-  except (IndexError, KeyError, ValueError) as e:  # another backend's HLO dialect
-    print(f"hlo_traffic: could not read the compiled HLO ({e!r})", file=sys.stderr)
+  if hlo_model:
+    try:
+      out["hlo_bytes"] = hlo_traffic(hlo)
+    except (IndexError, KeyError, ValueError) as e:  # another backend's dialect
+      print(f"hlo_traffic: could not read the compiled HLO ({e!r})", file=sys.stderr)
   return run, out
 
 
@@ -495,7 +502,7 @@ def torch_runners(
   dtype: str,
   variant: dict[str, Any],
   device: str,
-) -> tuple[dict[str, Callable[[], None]], Callable[[], dict[str, dict[str, int]]]]:
+) -> tuple[dict[str, Callable[..., None]], Callable[[], dict[str, dict[str, int]]]]:
   """torch.optim.RMSprop steps, foreach=True and False, each on its own fresh
   copy of the params (the read-only grads are shared), and their bytes."""
   kw = {
@@ -519,7 +526,7 @@ def torch_runners(
     opts[name] = torch.optim.RMSprop(params, foreach=foreach, **kw)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-  def runner(opt: Any) -> Callable[[], None]:
+  def runner(opt: Any) -> Callable[..., None]:
     def run(block: bool = True) -> None:
       opt.step()
       if block:
@@ -571,24 +578,23 @@ def section_roofline(scale: Scale) -> dict[str, Any]:
   copy = jax.jit(lambda y, x: jnp.copy(x), donate_argnums=0, keep_unused=True)
   triad = jax.jit(lambda a, b, c, s: b + s * c, donate_argnums=0, keep_unused=True)
   triad_in_place = jax.jit(lambda b, c, s: b + s * c, donate_argnums=0)
-  box = {"y": x + 1, "a": x + 2, "b": b}
 
-  def run_copy(block=True):
-    box["y"] = copy(box["y"], x)
-    if block:
-      box["y"].block_until_ready()
+  def donating(kernel: Callable, out: jax.Array, *args: Any) -> Callable[..., None]:
+    """kernel(out, *args) run again and again, each result donated to the next."""
+    box = [out]
 
-  def run_triad(block=True):
-    box["a"] = triad(box["a"], x, c, s)
-    if block:
-      box["a"].block_until_ready()
+    def run(block: bool = True) -> None:
+      box[0] = kernel(box[0], *args)
+      if block:
+        box[0].block_until_ready()
 
-  def run_triad_in_place(block=True):
-    box["b"] = triad_in_place(box["b"], c, s)
-    if block:
-      box["b"].block_until_ready()
+    return run
 
-  impls = {"copy": run_copy, "triad": run_triad, "triad in place": run_triad_in_place}
+  impls = {
+    "copy": donating(copy, x + 1, x),
+    "triad": donating(triad, x + 2, x, c, s),
+    "triad in place": donating(triad_in_place, b, c, s),
+  }
   per_elem = {"copy": 8, "triad": 12, "triad in place": 12}
   samples, m = alternate(impls, scale)
   return {
@@ -621,10 +627,16 @@ def section_tree(scale: Scale, tree: Tree, variants: list[str]) -> dict[str, Any
     txs = {"ours": optax_rms.rmsprop(LR, DECAY, EPS, **variant, **tree.ours_kwargs)}
     for name, kwargs in tree.extra_ours.items():
       txs[name] = optax_rms.rmsprop(LR, DECAY, EPS, **variant, **kwargs)
+    if tree.flatten_row:
+      txs[FLATTENED] = optax.flatten(optax_rms.rmsprop(LR, DECAY, EPS, **variant))
     txs["optax"] = optax.rmsprop(LR, DECAY, EPS, **variant)
     for name, tx in txs.items():
       params = _nest({k: jnp.asarray(v, dtype) for k, v in np_params.items()})
-      impls[name], nbytes[name] = jax_runner(tx, params, grads)
+      # hlo_traffic's model (each fusion reads its operands whole) does not
+      # hold where each leaf's fusion slices the flat update vector.
+      impls[name], nbytes[name] = jax_runner(
+        tx, params, grads, hlo_model=name != FLATTENED
+      )
     torch_bytes = None
     if device is not None:
       runners, torch_bytes = torch_runners(

@@ -82,6 +82,8 @@ def test_tree_rows_and_bytes_model(bench, results):
     n = tree["n_params"]
     for vname, impls in tree["variants"].items():
       expected = {"ours", "optax"} | ({"ours bf16 state"} if "bf16" in name else set())
+      if name == "many_small":
+        expected.add(bench.FLATTENED)
       assert expected <= set(impls), (name, vname, set(impls))
       for impl, row in impls.items():
         assert 0 < row["best_s"] <= row["median_s"], (name, vname, impl)
@@ -94,6 +96,9 @@ def test_tree_rows_and_bytes_model(bench, results):
         assert impls["optax"]["bytes"] == BF16[vname] * n
       else:
         assert impls["ours"]["bytes"] == impls["optax"]["bytes"] == F32[vname] * n
+      if bench.FLATTENED in impls:  # flat state: the same bytes, no HLO model
+        assert impls[bench.FLATTENED]["bytes"] == F32[vname] * n
+        assert "hlo_bytes" not in impls[bench.FLATTENED]
 
 
 def test_torch_rows(results):
@@ -148,6 +153,7 @@ def test_compile_and_eager(bench, report, results):
 def test_target_sections_are_the_benchmarks_sections(bench, report):
   names = set(bench.section_names()) - {"roofline", "states"}
   assert set(report.TARGET_SECTIONS) == names
+  assert report.FLATTENED == bench.FLATTENED and bench.FLATTENED in report.IMPLS
 
 
 def test_targets(report, results):
