@@ -53,6 +53,7 @@ except ImportError:  # the torch rows then read "n/a"
   torch = None
 
 FLATTENED = "optax.flatten(ours)"
+PAIRED_TRIAD = "triad in place"
 LR = 1e-3
 DECAY = 0.9
 EPS = 1e-8
@@ -165,6 +166,10 @@ class Tree:
   # Also time optax.flatten(ours): state in one flat vector, so one kernel
   # updates every leaf's statistics (the recipe for many small leaves).
   flatten_row: bool = False
+  # Also time the in-place triad on float32 arrays of n_params elements in the
+  # same rounds (PAIRED_TRIAD): a ceiling measured at the same moments as the
+  # steps, where the host's bandwidth drifts between the roofline's runs.
+  paired_triad: bool = False
 
   @property
   def n_params(self) -> int:
@@ -231,6 +236,7 @@ def trees(scale: Scale) -> dict[str, Tree]:
       "one_big_leaf",
       f"one float32 leaf of {scale.big_leaf:,} elements",
       {"w": (scale.big_leaf,)},
+      paired_triad=True,
     ),
     Tree(
       "resnet50_like",
@@ -561,6 +567,24 @@ def torch_runners(
 # Sections. Each returns JSON-able data.
 
 
+def donating(kernel: Callable, out: jax.Array, *args: Any) -> Callable[..., None]:
+  """kernel(out, *args) run again and again, each result donated to the next;
+  run(block) as alternate calls it."""
+  box = [out]
+
+  def run(block: bool = True) -> None:
+    box[0] = kernel(box[0], *args)
+    if block:
+      box[0].block_until_ready()
+
+  return run
+
+
+# STREAM's triad written over its first input, b = b + s*c: what a donated
+# optimizer step does to its parameters, and the fairest ceiling for it.
+triad_in_place = jax.jit(lambda b, c, s: b + s * c, donate_argnums=0)
+
+
 def section_roofline(scale: Scale) -> dict[str, Any]:
   """Bandwidth ceilings: copy y = x, triad a = b + s*c, and the triad in place.
 
@@ -577,18 +601,6 @@ def section_roofline(scale: Scale) -> dict[str, Any]:
   s = jnp.float32(1e-7)
   copy = jax.jit(lambda y, x: jnp.copy(x), donate_argnums=0, keep_unused=True)
   triad = jax.jit(lambda a, b, c, s: b + s * c, donate_argnums=0, keep_unused=True)
-  triad_in_place = jax.jit(lambda b, c, s: b + s * c, donate_argnums=0)
-
-  def donating(kernel: Callable, out: jax.Array, *args: Any) -> Callable[..., None]:
-    """kernel(out, *args) run again and again, each result donated to the next."""
-    box = [out]
-
-    def run(block: bool = True) -> None:
-      box[0] = kernel(box[0], *args)
-      if block:
-        box[0].block_until_ready()
-
-    return run
 
   impls = {
     "copy": donating(copy, x + 1, x),
@@ -647,6 +659,11 @@ def section_tree(scale: Scale, tree: Tree, variants: list[str]) -> dict[str, Any
         device,
       )
       impls.update(runners)
+    if tree.paired_triad:
+      rng = np.random.default_rng(2)
+      b, c = (jnp.asarray(rng.standard_normal(tree.n_params, np.float32)) for _ in "bc")
+      impls[PAIRED_TRIAD] = donating(triad_in_place, b, c, jnp.float32(1e-7))
+      nbytes[PAIRED_TRIAD] = {"bytes": 12 * tree.n_params}
     samples, m = alternate(impls, scale)
     if torch_bytes is not None:
       nbytes.update(torch_bytes())

@@ -84,6 +84,9 @@ def test_tree_rows_and_bytes_model(bench, results):
       expected = {"ours", "optax"} | ({"ours bf16 state"} if "bf16" in name else set())
       if name == "many_small":
         expected.add(bench.FLATTENED)
+      if name == "one_big_leaf":  # the ceiling, timed in the same rounds
+        expected.add(bench.PAIRED_TRIAD)
+        assert impls[bench.PAIRED_TRIAD]["bytes"] == 12 * n
       assert expected <= set(impls), (name, vname, set(impls))
       for impl, row in impls.items():
         assert 0 < row["best_s"] <= row["median_s"], (name, vname, impl)
@@ -154,6 +157,7 @@ def test_target_sections_are_the_benchmarks_sections(bench, report):
   names = set(bench.section_names()) - {"roofline", "states"}
   assert set(report.TARGET_SECTIONS) == names
   assert report.FLATTENED == bench.FLATTENED and bench.FLATTENED in report.IMPLS
+  assert report.PAIRED_TRIAD == bench.PAIRED_TRIAD
 
 
 def test_targets(report, results):
@@ -177,6 +181,8 @@ def test_targets(report, results):
       assert met is not None, (name, measured)
     if name.startswith("eager result"):
       assert met is True, (name, measured)
+  roof = [m for name, m, _ in rows if name.startswith(">=")]
+  assert all("in-place triad timed beside it" in m for m in roof)
   bf16 = [m for name, m, _ in rows if name.startswith("step") and "bf16" in name]
   assert all("ours moves" in m and "like-for-like" in m for m in bf16)
   summary = report.target_summary(results)
