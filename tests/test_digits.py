@@ -85,10 +85,10 @@ def test_resume_in_a_fresh_process_equals_training_straight(
   the momentum trace); batches are a pure function of (seed, epoch).
 
   CPU only: on an H100 the resumed and the straight run ended ~1e-2 apart
-  (params of size ~0.1), as two processes' GPU runs can: XLA:GPU autotunes
-  its convolution and matmul kernels per process, and float32 convolutions
-  run in TF32 there by default, so each process may round differently and 4
-  epochs amplify it. Not compared to a tolerance, because no tolerance
+  (params of size ~0.1). The likely cause, not confirmed there: XLA:GPU
+  autotunes its convolution and matmul kernels per process and runs float32
+  convolutions in TF32 by default, so two processes may round differently,
+  and 4 epochs amplify it. Not compared to a tolerance, because no tolerance
   separates that from a lost buffer.
   """
   if jax.default_backend() != "cpu":
