@@ -2,10 +2,20 @@
 
 from optax_rms import compat as compat
 from optax_rms import sharding as sharding
+from optax_rms._pack import PackedLeaves as PackedLeaves
+from optax_rms._pack import pack_small as pack_small
 from optax_rms._rmsprop import RMSPropState as RMSPropState
 from optax_rms._rmsprop import rmsprop as rmsprop
 from optax_rms._rmsprop import scale_by_rms as scale_by_rms
 
 __version__ = "0.1.0"
 
-__all__ = ["RMSPropState", "compat", "rmsprop", "scale_by_rms", "sharding"]
+__all__ = [
+  "PackedLeaves",
+  "RMSPropState",
+  "compat",
+  "pack_small",
+  "rmsprop",
+  "scale_by_rms",
+  "sharding",
+]

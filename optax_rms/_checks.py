@@ -161,7 +161,15 @@ def resolve_mask(
   if mask is None:
     return None
   tree = mask(params) if callable(mask) else mask
-  full = jax.tree.broadcast(tree, params)
+  try:
+    full = jax.tree.broadcast(tree, params)
+  except ValueError as e:
+    raise ValueError(
+      "weight_decay_mask does not match the parameters' tree (it must be a "
+      "prefix of it). Under optax_rms.pack_small the optimizer sees the "
+      "packed tree: mask outside it (optax.masked / optax.multi_transform)."
+      f"\n{e}"
+    ) from None
   flags = jax.tree.leaves(full)
   for flag in flags:
     if not isinstance(flag, (bool, np.bool_)):

@@ -1,0 +1,185 @@
+"""Pack the state of small parameters into a few flat vectors.
+
+A jitted step compiles to a few kernels per parameter leaf (XLA does not fuse
+across leaves), so on a model of many small leaves the step is bound by kernel
+count, not bytes, and its compile time by the number of fusions.
+`optax.flatten` packs every leaf into one vector: that fixes the kernel count,
+but concatenating and slicing the big leaves each step costs more than it
+saves, and XLA compiles one concatenation of a thousand operands slowly.
+`pack_small` packs only the small leaves, in groups of a bounded number of
+leaves. The numbers are those of the inner transformation, leaf for leaf.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+class PackedLeaves(NamedTuple):
+  """The tree the inner transformation sees under `pack_small`.
+
+  Attributes:
+    large: the leaves of more than ``max_size`` elements, as they are, in tree
+      order.
+    small: the other leaves, raveled and concatenated into flat vectors: one
+      per group of at most ``max_leaves`` leaves of one dtype.
+  """
+
+  large: tuple[jax.Array, ...]
+  small: tuple[jax.Array, ...]
+
+
+class _Layout(NamedTuple):
+  """Where each leaf of the user's tree went (static: shapes and dtypes)."""
+
+  treedef: Any
+  large: tuple[int, ...]  # leaf indices kept as they are
+  groups: tuple[tuple[int, ...], ...]  # leaf indices packed, per flat vector
+  shapes: tuple[tuple[int, ...], ...]  # every leaf's shape
+
+
+def _check_count(name: str, value: Any, low: int) -> int:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+  if value < low:
+    raise ValueError(f"{name} must be >= {low}, got {value}.")
+  return int(value)
+
+
+def _layout(leaves: list[Any], treedef: Any, max_size: int, max_leaves: int) -> _Layout:
+  large: list[int] = []
+  groups: list[list[int]] = []
+  open_group: dict[Any, list[int]] = {}  # dtype -> the group being filled
+  for i, leaf in enumerate(leaves):
+    if math.prod(leaf.shape) > max_size:
+      large.append(i)
+      continue
+    group = open_group.get(leaf.dtype)
+    if group is None or len(group) == max_leaves:
+      group = open_group[leaf.dtype] = []
+      groups.append(group)
+    group.append(i)
+  return _Layout(
+    treedef,
+    tuple(large),
+    tuple(tuple(g) for g in groups),
+    tuple(tuple(leaf.shape) for leaf in leaves),
+  )
+
+
+def _pack(leaves: list[Any], layout: _Layout) -> PackedLeaves:
+  return PackedLeaves(
+    large=tuple(leaves[i] for i in layout.large),
+    small=tuple(
+      jnp.concatenate([jnp.ravel(leaves[i]) for i in group]) for group in layout.groups
+    ),
+  )
+
+
+def _unpack(packed: PackedLeaves, layout: _Layout) -> Any:
+  leaves: list[Any] = [None] * len(layout.shapes)
+  for i, leaf in zip(layout.large, packed.large, strict=True):
+    leaves[i] = leaf
+  for group, flat in zip(layout.groups, packed.small, strict=True):
+    offset = 0
+    for i in group:
+      size = math.prod(layout.shapes[i])
+      leaves[i] = flat[offset : offset + size].reshape(layout.shapes[i])
+      offset += size
+  return jax.tree.unflatten(layout.treedef, leaves)
+
+
+def pack_small(
+  inner: optax.GradientTransformation,
+  *,
+  max_size: int = 65_536,
+  max_leaves: int = 32,
+) -> optax.GradientTransformationExtraArgs:
+  """Runs ``inner`` with the small leaves packed into a few flat vectors.
+
+  Leaves of at most ``max_size`` elements (biases, norm scales, small
+  kernels) are raveled and concatenated, by dtype, into flat vectors of at
+  most ``max_leaves`` leaves each; ``inner`` sees a `PackedLeaves` tree, keeps
+  its state for it, and its updates are sliced back into the tree's shapes.
+  Larger leaves pass through as they are. The returned updates, and the
+  parameters after ``optax.apply_updates``, are those of ``inner`` on the
+  unpacked tree, for elementwise transformations such as
+  ``optax_rms.rmsprop`` (as for ``optax.flatten``).
+
+  Worth it for models of many small leaves: a jitted step compiles to a few
+  kernels per leaf, so there the step costs per-kernel overhead rather than
+  bytes, and its compile time grows with the number of leaves
+  (``benchmarks/README.md`` has the figures). ``max_leaves`` bounds each
+  concatenation: XLA compiles one concatenation of a thousand operands more
+  slowly than the leafwise step it replaces.
+
+  What changes, beside speed: the state is no longer shaped like the
+  parameters (its buffers are `PackedLeaves`), so checkpoints of the two
+  layouts do not mix, and ``optax_rms.sharding``'s helpers, which mirror the
+  parameters' shardings onto the state, do not apply to it. The packed
+  vectors have no sharding of their own: under ``jit`` on several devices,
+  keep ``max_size`` below the size of any sharded leaf (they are then passed
+  through) so that only replicated leaves are packed. Per-leaf options of
+  ``inner`` (``weight_decay_mask``) see the packed tree: give them through
+  ``optax.masked`` / ``optax.multi_transform`` outside ``pack_small``
+  instead. The slicing is cheap under ``jit`` and costs one dispatch per leaf
+  without it.
+
+  Args:
+    inner: the transformation to run on the packed tree, elementwise.
+    max_size: leaves of at most this many elements are packed (>= 0).
+    max_leaves: at most this many leaves per flat vector (>= 1).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; extra arguments are passed
+    to ``inner``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_rms
+    >>> params = {"w": jnp.ones((512, 512)), "b": jnp.zeros(512)}
+    >>> tx = optax_rms.pack_small(optax_rms.rmsprop(1e-3, momentum=0.9))
+    >>> state = tx.init(params)
+    >>> [x.shape for x in state.nu.small]  # "b", packed; "w" is left as is
+    [(512,)]
+  """
+  max_size = _check_count("max_size", max_size, 0)
+  max_leaves = _check_count("max_leaves", max_leaves, 1)
+  inner = optax.with_extra_args_support(inner)
+
+  def pack(tree: Any) -> tuple[PackedLeaves, _Layout]:
+    leaves, treedef = jax.tree.flatten(tree)
+    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    layout = _layout(leaves, treedef, max_size, max_leaves)
+    return _pack(leaves, layout), layout
+
+  def init_fn(params: optax.Params) -> optax.OptState:
+    return inner.init(pack(params)[0])
+
+  def update_fn(
+    updates: optax.Updates,
+    state: optax.OptState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.OptState]:
+    packed, layout = pack(updates)
+    if params is not None:
+      params_packed, params_layout = pack(params)
+      if params_layout != layout:
+        raise ValueError(
+          "pack_small: the parameters and the gradients differ in tree, shape "
+          f"or dtype.\n  gradients:  {layout.treedef}\n  parameters: "
+          f"{params_layout.treedef}"
+        )
+    else:
+      params_packed = None
+    new, state = inner.update(packed, state, params_packed, **extra_args)
+    return _unpack(new, layout), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
