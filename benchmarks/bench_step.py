@@ -53,6 +53,7 @@ except ImportError:  # the torch rows then read "n/a"
   torch = None
 
 FLATTENED = "optax.flatten(ours)"
+PACKED = "pack_small(ours)"
 PAIRED_TRIAD = "triad in place"
 LR = 1e-3
 DECAY = 0.9
@@ -166,6 +167,9 @@ class Tree:
   # Also time optax.flatten(ours): state in one flat vector, so one kernel
   # updates every leaf's statistics (the recipe for many small leaves).
   flatten_row: bool = False
+  # Also time optax_rms.pack_small(ours): only the small leaves' state packed,
+  # in flat vectors of a bounded number of leaves (the library's own recipe).
+  packed_row: bool = False
   # Also time the in-place triad on float32 arrays of n_params elements in the
   # same rounds (PAIRED_TRIAD): a ceiling measured at the same moments as the
   # steps, where the host's bandwidth drifts between the roofline's runs.
@@ -244,13 +248,14 @@ def trees(scale: Scale) -> dict[str, Tree]:
       f"batchnorm vectors, a {8 * 4 * scale.resnet_width}x{scale.resnet_classes} "
       "dense",
       resnet50_shapes(scale.resnet_width, scale.resnet_classes),
-      flatten_row=True,
+      packed_row=True,
     ),
     Tree(
       "many_small",
       f"{scale.small_leaves} float32 leaves of {scale.small_size} elements",
       {f"p{i:04d}": (scale.small_size,) for i in range(scale.small_leaves)},
       flatten_row=True,
+      packed_row=True,
     ),
     Tree(
       "transformer_like",
@@ -258,6 +263,7 @@ def trees(scale: Scale) -> dict[str, Tree]:
       f"(vocab cut from 50257 to keep the run's memory and time down), "
       f"{ctx}x{d} positions",
       transformer_shapes(layers, d, vocab, ctx),
+      packed_row=True,
     ),
     Tree(
       "bf16_big_leaf",
@@ -641,13 +647,15 @@ def section_tree(scale: Scale, tree: Tree, variants: list[str]) -> dict[str, Any
       txs[name] = optax_rms.rmsprop(LR, DECAY, EPS, **variant, **kwargs)
     if tree.flatten_row:
       txs[FLATTENED] = optax.flatten(optax_rms.rmsprop(LR, DECAY, EPS, **variant))
+    if tree.packed_row:
+      txs[PACKED] = optax_rms.pack_small(optax_rms.rmsprop(LR, DECAY, EPS, **variant))
     txs["optax"] = optax.rmsprop(LR, DECAY, EPS, **variant)
     for name, tx in txs.items():
       params = _nest({k: jnp.asarray(v, dtype) for k, v in np_params.items()})
       # hlo_traffic's model (each fusion reads its operands whole) does not
-      # hold where each leaf's fusion slices the flat update vector.
+      # hold where each leaf's fusion slices a flat update vector.
       impls[name], nbytes[name] = jax_runner(
-        tx, params, grads, hlo_model=name != FLATTENED
+        tx, params, grads, hlo_model=name not in (FLATTENED, PACKED)
       )
     torch_bytes = None
     if device is not None:
@@ -784,6 +792,8 @@ def section_compile(scale: Scale, variants: list[str]) -> dict[str, Any]:
     txs = {
       "ours": optax_rms.rmsprop(LR, DECAY, EPS, **variant),
       "optax": optax.rmsprop(LR, DECAY, EPS, **variant),
+      PACKED: optax_rms.pack_small(optax_rms.rmsprop(LR, DECAY, EPS, **variant)),
+      FLATTENED: optax.flatten(optax_rms.rmsprop(LR, DECAY, EPS, **variant)),
     }
     times: dict[str, dict[str, list[float]]] = {
       name: {"lower": [], "compile": [], "total": []} for name in txs

@@ -1,18 +1,13 @@
-"""Experiment: pack the small leaves' state into one flat vector.
+"""Sweep optax_rms.pack_small's thresholds on one tree: step time per setting.
 
-Not part of optax_rms. On trees with many small leaves the step is bound by
-kernels per leaf, not bytes (benchmarks/README.md): ResNet-50 on an H100 takes
-1.34 ms where its bytes stream in 0.19 ms, and torch's foreach step (one
-kernel for many tensors) is faster. `optax.flatten` packs *every* leaf, which
-wins on 1000 small leaves and loses on ResNet-50 on the CPU (concatenating and
-slicing the big conv kernels each step costs more than it saves).
-`pack_small(inner, max_size)` packs only the leaves of at most `max_size`
-elements (the batchnorm vectors and biases), and leaves the big ones alone.
-
-This script times ours, optax.flatten(ours) and pack_small(ours) at a few
-thresholds on a tree from bench_step.py, alternated, in one process, and
-checks that every packed step equals the leafwise one. Run it on a GPU lease
-before changing the library's state layout:
+On trees of many small leaves a jitted step is bound by kernels per leaf, not
+bytes (benchmarks/README.md). `optax_rms.pack_small(inner, max_size,
+max_leaves)` packs the state of leaves of at most `max_size` elements into
+flat vectors of at most `max_leaves` leaves; `optax.flatten` packs every leaf
+into one. This script times ours, optax.flatten(ours) and pack_small(ours) at
+each (max_size, max_leaves) asked for, alternated in one process, and checks
+that every packed step equals the leafwise one. Use it to choose the defaults
+on a new device (they were chosen on a CPU):
 
   python benchmarks/pack_small.py --tree resnet50_like --variants plain,momentum
 """
@@ -23,7 +18,6 @@ import argparse
 import math
 import sys
 import zlib
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,59 +30,12 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import bench_step  # noqa: E402  (beside this file)
 
 
-class Packed(NamedTuple):
-  large: list[jax.Array]  # the leaves above max_size, as they are
-  small: jax.Array  # the others, raveled and concatenated (one dtype)
-
-
-def pack_small(
-  inner: optax.GradientTransformation, max_size: int
-) -> optax.GradientTransformation:
-  """inner applied to a tree whose leaves of <= max_size elements are packed
-  into one flat vector. For elementwise transformations only (as
-  optax.flatten), and for trees of one floating dtype (an experiment)."""
-
-  def split(tree: Any) -> tuple[Packed, Any]:
-    leaves, treedef = jax.tree.flatten(tree)
-    small = [i for i, x in enumerate(leaves) if x.size <= max_size]
-    large = [i for i, x in enumerate(leaves) if x.size > max_size]
-    flat = (
-      jnp.concatenate([leaves[i].reshape(-1) for i in small])
-      if small
-      else jnp.zeros((0,), leaves[0].dtype)
-    )
-    layout = (treedef, small, large, [leaves[i].shape for i in small])
-    return Packed([leaves[i] for i in large], flat), layout
-
-  def join(packed: Packed, layout: Any) -> Any:
-    treedef, small, large, shapes = layout
-    leaves: list[Any] = [None] * (len(small) + len(large))
-    for i, x in zip(large, packed.large, strict=True):
-      leaves[i] = x
-    offset = 0
-    for i, shape in zip(small, shapes, strict=True):
-      size = math.prod(shape)
-      leaves[i] = packed.small[offset : offset + size].reshape(shape)
-      offset += size
-    return jax.tree.unflatten(treedef, leaves)
-
-  def init(params):
-    return inner.init(split(params)[0])
-
-  def update(updates, state, params=None):
-    packed, layout = split(updates)
-    packed_params = None if params is None else split(params)[0]
-    new, state = inner.update(packed, state, packed_params)
-    return join(new, layout), state
-
-  return optax.GradientTransformation(init, update)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tree", default="resnet50_like")
   parser.add_argument("--variants", default="plain,centered+momentum")
-  parser.add_argument("--sizes", default="2048,65536", help="max_size values")
+  parser.add_argument("--sizes", default="4096,65536,1048576", help="max_size values")
+  parser.add_argument("--leaves", default="32", help="max_leaves values")
   parser.add_argument("--scale", default="full")
   args = parser.parse_args()
   scale = bench_step.SCALES[args.scale]
@@ -98,6 +45,7 @@ def main() -> None:
   )
   grads = bench_step._nest({k: jnp.asarray(v) for k, v in np_grads.items()})
   sizes = [int(s) for s in args.sizes.split(",")]
+  counts = [int(c) for c in args.leaves.split(",")]
   print(
     f"{tree.name}: {tree.n_params:,} params, {len(tree.shapes)} leaves, on "
     f"{jax.devices()[0].device_kind}"
@@ -114,7 +62,13 @@ def main() -> None:
       )
 
     txs = {"ours": ours(), "optax.flatten(ours)": optax.flatten(ours())}
-    txs |= {f"pack_small(ours, {s})": pack_small(ours(), s) for s in sizes}
+    txs |= {
+      f"pack_small(ours, {s}, {c})": optax_rms.pack_small(
+        ours(), max_size=s, max_leaves=c
+      )
+      for s in sizes
+      for c in counts
+    }
     # Every packed step equals the leafwise one (elementwise math, same order).
     params = bench_step._nest({k: jnp.asarray(v) for k, v in np_params.items()})
     want, _ = jax.jit(txs["ours"].update)(grads, txs["ours"].init(params), params)
