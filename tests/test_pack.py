@@ -119,6 +119,22 @@ def test_default_thresholds_pack_only_small_leaves():
   assert [x.shape[0] for x in state.nu.small] == [32 * 512, 32 * 512, 6 * 512]
 
 
+def test_empty_none_and_zero_size_leaves():
+  tx = optax_rms.pack_small(optax_rms.rmsprop(LR, momentum=0.9))
+  for params in (
+    {},
+    {"a": None, "b": jnp.ones(3)},
+    {"z": jnp.zeros((0, 4)), "b": jnp.ones(3)},
+  ):
+    state = tx.init(params)
+    updates, _ = jax.jit(tx.update)(params, state, params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    want, _ = optax_rms.rmsprop(LR, momentum=0.9).update(
+      params, optax_rms.rmsprop(LR, momentum=0.9).init(params), params
+    )
+    _assert_trees_close(updates, want)
+
+
 def test_nonfinite_gradient_stays_in_its_leaf():
   """A NaN in one packed leaf must not reach the leaves packed beside it."""
   params = _params()
