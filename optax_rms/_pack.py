@@ -122,15 +122,16 @@ def pack_small(
 
   What changes, beside speed: the state is no longer shaped like the
   parameters (its buffers are `PackedLeaves`), so checkpoints of the two
-  layouts do not mix, and ``optax_rms.sharding``'s helpers, which mirror the
-  parameters' shardings onto the state, do not apply to it. The packed
-  vectors have no sharding of their own: under ``jit`` on several devices,
-  keep ``max_size`` below the size of any sharded leaf (they are then passed
-  through) so that only replicated leaves are packed. Per-leaf options of
-  ``inner`` (``weight_decay_mask``) see the packed tree: give them through
-  ``optax.masked`` / ``optax.multi_transform`` outside ``pack_small``
-  instead. The slicing is cheap under ``jit`` and costs one dispatch per leaf
-  without it.
+  layouts do not mix. On several devices, keep ``max_size`` below the size
+  of every sharded leaf, so that only replicated leaves are packed: the big
+  leaves pass through and their state takes their sharding (under ``jit``,
+  and from ``optax_rms.sharding.state_shardings`` /
+  ``zero1_state_shardings``, which place the packed vectors replicated, or
+  split over the data axis for ZeRO-1). Per-leaf options of ``inner``
+  (``weight_decay_mask``) would see the packed tree and are refused: give
+  them through ``optax.masked`` / ``optax.multi_transform`` outside
+  ``pack_small`` instead. The slicing is cheap under ``jit`` and costs one
+  dispatch per leaf without it.
 
   Args:
     inner: the transformation to run on the packed tree, elementwise.

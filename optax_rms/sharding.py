@@ -62,6 +62,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from optax_rms._pack import PackedLeaves
+
 __all__ = [
   "bytes_per_device",
   "state_shardings",
@@ -257,6 +259,9 @@ def _map_state(
     base = param_sharding if leaf.shape == param.shape else replicated
     return leaf_fn(leaf, base)
 
+  is_packed = lambda x: isinstance(x, PackedLeaves)
+  if any(map(is_packed, jax.tree.leaves(state, is_leaf=is_packed))):
+    return _map_packed_state(state, abstract, shardings, per_leaf, leaf_fn, replicated)
   return optax.tree_map_params(
     tx,
     per_leaf,
@@ -264,6 +269,73 @@ def _map_state(
     shardings,
     abstract,
     transform_non_params=lambda _: replicated,
+  )
+
+
+def _map_packed_state(
+  state: Any,
+  abstract: Any,
+  shardings: Any,
+  per_leaf: Callable[[Any, Any, Any], NamedSharding],
+  leaf_fn: Callable[[Any, NamedSharding], NamedSharding],
+  replicated: NamedSharding,
+) -> Any:
+  """A state holding ``optax_rms.pack_small``'s buffers (optax's
+  ``tree_map_params`` cannot see through it): a `PackedLeaves` buffer's large
+  leaves take their parameters' shardings, its flat vectors start from
+  replicated; a part of the state shaped like the parameters (e.g.
+  ``optax.MultiSteps``' accumulated gradients, outside the pack) takes
+  theirs, as ``tree_map_params`` would; the rest is replicated.
+
+  A large leaf is matched to its parameter by walking the parameters in tree
+  order: pack_small decides by size alone, so a parameter of the same shape
+  as the next large leaf is that leaf. A `PackedLeaves` whose elements do not
+  add up to the parameters' (the 8-bit per-block scales) is not params-shaped.
+  """
+  params = jax.tree.leaves(abstract)
+  param_shardings = jax.tree.leaves(
+    shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
+  )
+  total = sum(math.prod(p.shape) for p in params)
+  params_def: Any = jax.tree.structure(abstract)  # jax's stub lacks __ne__
+
+  def params_shaped(x: Any) -> bool:
+    if isinstance(x, PackedLeaves) or jax.tree.structure(x) != params_def:
+      return False
+    leaves = jax.tree.leaves(x)
+    return bool(leaves) and all(
+      getattr(a, "shape", None) == p.shape for a, p in zip(leaves, params, strict=True)
+    )
+
+  def node(x: Any) -> Any:
+    if params_shaped(x):
+      return jax.tree.unflatten(
+        params_def,
+        [
+          per_leaf(a, s, p)
+          for a, s, p in zip(jax.tree.leaves(x), param_shardings, params, strict=True)
+        ],
+      )
+    if not isinstance(x, PackedLeaves):
+      return jax.tree.map(lambda _: replicated, x)
+    pairs, j = [], 0
+    for leaf in x.large:
+      while j < len(params) and params[j].shape != leaf.shape:
+        j += 1
+      pairs.append(j)
+      j += 1
+    size = sum(math.prod(leaf.shape) for leaf in (*x.large, *x.small))
+    if size != total or any(j >= len(params) for j in pairs):
+      return jax.tree.map(lambda _: replicated, x)
+    large = [
+      per_leaf(leaf, param_shardings[j], params[j])
+      for leaf, j in zip(x.large, pairs, strict=True)
+    ]
+    small = [leaf_fn(leaf, replicated) for leaf in x.small]
+    return jax.tree.unflatten(jax.tree.structure(x), large + small)
+
+  return jax.tree.map(
+    node, state, is_leaf=lambda x: isinstance(x, PackedLeaves) or params_shaped(x)
   )
 
 

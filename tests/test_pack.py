@@ -265,3 +265,44 @@ def test_jit_sharded_big_leaf_passes_through(axis_type):
   assert w_nu.sharding.is_equivalent_to(sharded["w"].sharding, 2)
   assert [x.shape for x in state.nu.small] == [(20,)]
   assert math.prod(w_nu.shape) == 256
+
+
+@pytest.mark.multidevice
+def test_sharding_helpers_see_through_the_pack():
+  """state_shardings / zero1_state_shardings on a packed state: the big
+  leaves' buffers mirror their parameters, the flat vectors are replicated
+  (ZeRO-1: split over the data axis where they divide), a params-shaped part
+  outside the pack (MultiSteps' accumulated gradients) mirrors the params,
+  and 8-bit per-block scales, not params-shaped, are replicated."""
+  from optax_rms import sharding
+
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  params = {
+    "a": jnp.zeros((16, 8)),
+    "w": jnp.zeros((64, 32)),
+    "b1": jnp.zeros(32),
+    "b2": jnp.zeros(8),
+  }
+  specs = {"a": P(None, "model"), "w": P("model", None), "b1": P(), "b2": P()}
+  params = jax.device_put(params, {k: NamedSharding(mesh, s) for k, s in specs.items()})
+  pack = functools.partial(optax_rms.pack_small, max_size=64)
+  tx = optax.MultiSteps(pack(optax_rms.rmsprop(LR, momentum=0.9)), 2)
+
+  mirrored = sharding.state_shardings(tx, params)
+  inner = mirrored.inner_opt_state
+  for buf in (inner.nu, inner.momentum):
+    assert [s.spec for s in buf.large] == [P(None, "model"), P("model", None)]
+    assert [s.spec for s in buf.small] == [P()]  # b1 + b2: 40 elements
+  assert {k: s.spec for k, s in mirrored.acc_grads.items()} == specs
+  state = jax.jit(tx.init, out_shardings=mirrored)(params)
+  assert state.inner_opt_state.nu.large[1].sharding.spec == P("model", None)
+
+  zero1 = sharding.zero1_state_shardings(tx, params, "data").inner_opt_state
+  assert [s.spec for s in zero1.nu.large] == [P("data", "model"), P("model", "data")]
+  assert [s.spec for s in zero1.nu.small] == [P("data")]  # 40 divides by 2
+
+  q = pack(optax_rms.rmsprop(LR, nu_quantization="8bit"))
+  scales = sharding.state_shardings(q, params).nu_scale
+  assert all(s.spec == P() for s in jax.tree.leaves(scales))
+  codes = sharding.state_shardings(q, params).nu
+  assert [s.spec for s in codes.large] == [P(None, "model"), P("model", None)]
