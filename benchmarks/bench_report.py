@@ -371,6 +371,9 @@ def render(results: dict[str, Any], command: str = "") -> str:
       "for plain float32). `HLO B/param` = what the compiled program moves if "
       "each of its top-level fusions reads its operands and writes its results "
       "once (more than B/param where XLA splits the step into several passes). "
+      "`ops` = the compiled program's top-level operations (fusions, copies, "
+      "concatenations: one kernel launch each on a GPU, one loop on the CPU); "
+      "on trees of many small leaves the step's time follows them. "
       "GB/s = B/param bytes / best time; of roofline = that GB/s / the "
       "roofline above. vs optax = time / optax's time (best; median). On "
       "the bfloat16 tree, ours keeps float32 state and so moves more bytes "
@@ -410,6 +413,7 @@ def render(results: dict[str, Any], command: str = "") -> str:
             impl,
             f"{r['bytes'] / tree['n_params']:.0f}",
             f"{hlo / tree['n_params']:.0f}" if hlo else "",
+            r.get("hlo_ops", ""),
             _ms(r["best_s"]),
             _ms(r["median_s"]),
             f"{gbs:.1f}",
@@ -424,6 +428,7 @@ def render(results: dict[str, Any], command: str = "") -> str:
         "impl",
         "B/param",
         "HLO B/param",
+        "ops",
         "best ms",
         "median ms",
         "GB/s",

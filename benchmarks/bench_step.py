@@ -460,13 +460,33 @@ def hlo_traffic(hlo_text: str) -> int:
   return total
 
 
+def hlo_ops(hlo_text: str) -> int:
+  """Top-level operations of the compiled program that do work: ENTRY
+  instructions other than parameters, tuples, bitcasts and constants. Each
+  is one kernel launch on a GPU (a fusion, a copy, a concatenation) and one
+  loop or thunk on the CPU, so per-leaf costs show up here."""
+  entry = hlo_text.split("\nENTRY ", 1)[1].split("\n}", 1)[0].splitlines()[1:]
+  ops = 0
+  for line in entry:
+    if " = " not in line:
+      continue
+    rhs = line.split(" = ", 1)[1]
+    if rhs.startswith("("):  # a tuple shape: up to its closing parenthesis
+      rest = rhs[_closing_paren(rhs) + 1 :].lstrip()
+    else:
+      rest = rhs.partition(" ")[2]
+    ops += rest.partition("(")[0] not in _NO_TRAFFIC
+  return ops
+
+
 def jax_runner(
   tx: optax.GradientTransformation, params: Any, grads: Any, hlo_model: bool = True
 ) -> tuple[Callable[..., None], dict[str, int]]:
   """A step, run(block=True) (params and state donated, updated in place; see
   alternate for block), and its bytes: "bytes", the fewest it must move (read
-  params, grads, state; write params, state), and "hlo_bytes", what its
-  compiled program moves (hlo_traffic; left out with hlo_model=False)."""
+  params, grads, state; write params, state), "hlo_bytes", what its
+  compiled program moves (hlo_traffic; left out with hlo_model=False), and
+  "hlo_ops", its top-level operations (hlo_ops)."""
   state = tx.init(params)
   step = jax.jit(make_step(tx), donate_argnums=(0, 2))
   # Compiled once here; the jitted calls below reuse this executable.
@@ -479,6 +499,10 @@ def jax_runner(
       jax.block_until_ready(box)
 
   out = {"bytes": 2 * _nbytes(params) + _nbytes(grads) + 2 * _nbytes(state)}
+  try:
+    out["hlo_ops"] = hlo_ops(hlo)
+  except (IndexError, ValueError) as e:  # another backend's dialect
+    print(f"hlo_ops: could not read the compiled HLO ({e!r})", file=sys.stderr)
   if hlo_model:
     try:
       out["hlo_bytes"] = hlo_traffic(hlo)

@@ -100,6 +100,13 @@ def test_tree_rows_and_bytes_model(bench, results):
         assert impls["optax"]["bytes"] == BF16[vname] * n
       else:
         assert impls["ours"]["bytes"] == impls["optax"]["bytes"] == F32[vname] * n
+      for impl in ("ours", "optax", bench.FLATTENED, bench.PACKED):
+        if impl in impls:  # every JAX row counts its compiled operations
+          assert impls[impl]["hlo_ops"] >= 1, (name, vname, impl)
+      if name == "many_small":  # leafwise: at least one operation per leaf
+        leaves = tree["n_leaves"]
+        assert impls["ours"]["hlo_ops"] >= 2 * leaves
+        assert impls[bench.PACKED]["hlo_ops"] < impls["ours"]["hlo_ops"]
       for flat in (bench.FLATTENED, bench.PACKED):
         if flat in impls:  # packed state: the same bytes, no HLO model
           assert impls[flat]["bytes"] == F32[vname] * n
