@@ -10,9 +10,14 @@
 # limit of 0 skips that step. On one H100 (2026-11-26) the sections took, in
 # seconds: roofline 9, one_big_leaf 19, resnet50_like 34-44, many_small 166,
 # transformer_like 35-43, bf16_big_leaf 18, states 22, eager 66, compile not
-# yet measured; the tests 75 s with 14 workers. The whole suite does not fit
-# the default limit: in a short lease give the bench and the tests a call each
-# (bash benchmarks/gpu_check.sh OUT 560 0, then OUT2 0 150).
+# yet measured; the tests 75 s with 14 workers. Since then the ResNet,
+# many-leaf and transformer sections also time pack_small(ours), and compile
+# times four implementations (optax.flatten's compiles slowly: 8.5 s each on
+# the CPU). The whole suite does not fit the default limit: in a short lease
+# give the bench and the tests a call each, what is missing first, e.g.
+#   BENCH_SECTIONS=tree:resnet50_like,tree:many_small,compile,tree:bf16_big_leaf \
+#     bash benchmarks/gpu_check.sh OUT 560 0
+#   bash benchmarks/gpu_check.sh OUT2 0 150
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR] [BENCH_LIMIT_S] [TEST_LIMIT_S]
 set -uo pipefail
 cd "$(dirname "$0")/.."

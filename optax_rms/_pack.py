@@ -12,6 +12,7 @@ leaves. The numbers are those of the inner transformation, leaf for leaf.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -74,6 +75,9 @@ def _layout(leaves: list[Any], treedef: Any, max_size: int, max_leaves: int) -> 
   )
 
 
+# Jitted so that an eager update packs and unpacks in one dispatch each, not
+# one per leaf (the layout is static: shapes and dtypes); inlined under jit.
+@functools.partial(jax.jit, static_argnums=1)
 def _pack(leaves: list[Any], layout: _Layout) -> PackedLeaves:
   return PackedLeaves(
     large=tuple(leaves[i] for i in layout.large),
@@ -83,6 +87,7 @@ def _pack(leaves: list[Any], layout: _Layout) -> PackedLeaves:
   )
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _unpack(packed: PackedLeaves, layout: _Layout) -> Any:
   leaves: list[Any] = [None] * len(layout.shapes)
   for i, leaf in zip(layout.large, packed.large, strict=True):
@@ -130,8 +135,7 @@ def pack_small(
   split over the data axis for ZeRO-1). Per-leaf options of ``inner``
   (``weight_decay_mask``) would see the packed tree and are refused: give
   them through ``optax.masked`` / ``optax.multi_transform`` outside
-  ``pack_small`` instead. The slicing is cheap under ``jit`` and costs one
-  dispatch per leaf without it.
+  ``pack_small`` instead.
 
   Args:
     inner: the transformation to run on the packed tree, elementwise.

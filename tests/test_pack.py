@@ -306,3 +306,20 @@ def test_sharding_helpers_see_through_the_pack():
   assert all(s.spec == P() for s in jax.tree.leaves(scales))
   codes = sharding.state_shardings(q, params).nu
   assert [s.spec for s in codes.large] == [P(None, "model"), P("model", None)]
+
+
+def test_eager_update_equals_jitted():
+  """Packing and unpacking are jitted themselves (one dispatch each in an
+  eager call); the numbers are those of the jitted step, bit for bit."""
+  params = _params()
+  tx = optax_rms.pack_small(optax_rms.rmsprop(LR, centered=True, momentum=0.9), **PACK)
+  state_e = state_j = tx.init(params)
+  update = jax.jit(tx.update)
+  for t in range(3):
+    g = _grads(params, t)
+    eager, state_e = tx.update(g, state_e, params)
+    jitted, state_j = update(g, state_j, params)
+    for a, b in zip(
+      jax.tree.leaves((eager, state_e)), jax.tree.leaves((jitted, state_j)), strict=True
+    ):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
