@@ -25,6 +25,7 @@ STEP_RATIO_MAX = 1.05  # jitted step, ours / optax, best-of-N
 TARGET_SECTIONS = (
   "tree:one_big_leaf",
   "tree:resnet50_like",
+  "tree:resnet50_flax",
   "tree:many_small",
   "tree:transformer_like",
   "tree:bf16_big_leaf",

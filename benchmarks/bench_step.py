@@ -180,12 +180,23 @@ class Tree:
     return sum(int(np.prod(s)) for s in self.shapes.values())
 
 
-def resnet50_shapes(width: int = 64, classes: int = 1000) -> dict[str, tuple]:
-  """ResNet-50's trainable parameters (He et al. 2016): 161 leaves, 25.6M."""
+def resnet50_shapes(
+  width: int = 64, classes: int = 1000, conv_layout: str = "OIHW"
+) -> dict[str, tuple]:
+  """ResNet-50's trainable parameters (He et al. 2016): 161 leaves, 25.6M.
+
+  conv_layout: "OIHW", PyTorch's conv weight (out, in, kh, kw); "HWIO", Flax's
+  (nnx.Conv and linen.Conv kernels are (kh, kw, in, out)). The same elements:
+  the optimizers' math does not care, but XLA:CPU's loops do (the minor
+  dimensions 3x3 and 1x1 of OIHW vectorize poorly; benchmarks/README.md).
+  """
+  if conv_layout not in ("OIHW", "HWIO"):
+    raise ValueError(f"conv_layout must be 'OIHW' or 'HWIO', got {conv_layout!r}")
   shapes: dict[str, tuple] = {}
 
   def conv_bn(prefix: str, cout: int, cin: int, k: int) -> None:
-    shapes[f"{prefix}/conv/kernel"] = (cout, cin, k, k)
+    kernel = (cout, cin, k, k) if conv_layout == "OIHW" else (k, k, cin, cout)
+    shapes[f"{prefix}/conv/kernel"] = kernel
     shapes[f"{prefix}/bn/scale"] = (cout,)
     shapes[f"{prefix}/bn/bias"] = (cout,)
 
@@ -244,10 +255,17 @@ def trees(scale: Scale) -> dict[str, Tree]:
     ),
     Tree(
       "resnet50_like",
-      f"ResNet-50 shapes (width {scale.resnet_width}): convs (out,in,k,k), "
-      f"batchnorm vectors, a {8 * 4 * scale.resnet_width}x{scale.resnet_classes} "
-      "dense",
+      f"ResNet-50 shapes (width {scale.resnet_width}) with PyTorch's conv "
+      f"layout (out,in,kh,kw), batchnorm vectors, a "
+      f"{8 * 4 * scale.resnet_width}x{scale.resnet_classes} dense",
       resnet50_shapes(scale.resnet_width, scale.resnet_classes),
+      packed_row=True,
+    ),
+    Tree(
+      "resnet50_flax",
+      "the same ResNet-50 in Flax's conv layout (kh,kw,in,out), as "
+      "nnx.Conv and linen.Conv create it: the same elements, other shapes",
+      resnet50_shapes(scale.resnet_width, scale.resnet_classes, "HWIO"),
       packed_row=True,
     ),
     Tree(
