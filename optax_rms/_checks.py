@@ -182,18 +182,17 @@ def resolve_mask(
 
 def check_state(
   what: str,
-  updates: Any,
   state: Any,
   *,
   centered: bool,
   has_momentum: bool,
   quantized: bool = False,
-) -> Any:
-  """Checks the state matches this optimizer and the gradients; returns treedef.
+) -> None:
+  """Checks the state was made by an optimizer of this configuration.
 
   Catches a state restored from another configuration (centered or not, with
-  or without momentum) or from other parameters (tree or shapes), with a
-  message naming the mismatch, before anything is traced.
+  or without momentum, 8-bit or not), with a message naming the option. Its
+  trees and shapes against the gradients: :func:`check_state_matches`.
   """
   for field, wanted, option in (
     ("mu", centered, "centered=True"),
@@ -209,8 +208,16 @@ def check_state(
         f"{'not ' if not wanted else ''}configured with it. Re-create the "
         "state with this optimizer's init, or build the optimizer that made it."
       )
-  # This runs on every eager call: each tree is flattened once, shapes are
-  # compared as lists, and paths are built only to name an error.
+
+
+def check_state_matches(what: str, updates: Any, state: Any) -> None:
+  """Checks the state's buffers have the gradients' tree and shapes.
+
+  Catches a state initialised from other parameters, with a message naming
+  the first mismatching leaf. Trees and shapes are static, so the update
+  calls this while it is traced (in its jitted body): once per signature,
+  not on every eager call.
+  """
   grad_leaves, treedef = jax.tree.flatten(updates)
   grad_shapes = [_shape(g) for g in grad_leaves]
   for field in ("nu", "mu", "momentum"):
@@ -231,4 +238,3 @@ def check_state(
           f"{shape} but its gradient has shape {grad_shape} (was the "
           "state initialised from other parameters?)."
         )
-  return treedef

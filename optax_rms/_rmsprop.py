@@ -91,6 +91,7 @@ def _buffer_dtype(
 class _Static(NamedTuple):
   """The configuration that shapes the update's graph (hashable, jit-static)."""
 
+  name: str  # the optimizer's, for error messages
   learning_rate_schedule: Callable[[jax.Array], Any] | None
   has_learning_rate: bool
   weight_decay_schedule: Callable[[jax.Array], Any] | None
@@ -131,6 +132,9 @@ def _apply(
   # (as arguments, XLA may contract a multiply-add into an FMA in one program
   # and not in the other). Arrays (inject_hyperparams) stay arguments.
   hyper = {**hyper, **dict(static.constants)}
+  # Trees and shapes are static: checked here, while tracing, so an eager
+  # call pays for it once per signature (a mismatch is a new signature).
+  _checks.check_state_matches(static.name, updates, state)
   # Any: jax's stubs omit PyTreeDef.flatten_up_to / num_leaves (they exist).
   treedef: Any = jax.tree.structure(updates)
   n_leaves = treedef.num_leaves
@@ -348,14 +352,15 @@ def _transformation(
     **extra_args: Any,
   ) -> tuple[optax.Updates, RMSPropState]:
     del extra_args
-    treedef = _checks.check_state(
+    _checks.check_state(
       name,
-      updates,
       state,
       centered=centered,
       has_momentum=momentum is not None,
       quantized=quantize_nu,
     )
+    # Any: jax's stubs omit PyTreeDef.num_leaves / flatten_up_to (they exist).
+    treedef: Any = jax.tree.structure(updates)
     if use_wd:
       if params is None:
         raise ValueError(
@@ -367,6 +372,7 @@ def _transformation(
     else:
       params, flags = None, (False,) * treedef.num_leaves
     static = _Static(
+      name=name,
       learning_rate_schedule=learning_rate if callable(learning_rate) else None,
       has_learning_rate=learning_rate is not None,
       weight_decay_schedule=weight_decay if callable(weight_decay) else None,

@@ -127,6 +127,24 @@ def test_state_from_other_shapes_names_the_leaf():
     tx.update(grads, state)
 
 
+def test_state_checks_run_after_earlier_calls_compiled_the_update():
+  # The tree and shape checks run while the update is traced (once per
+  # signature, so eager calls skip them): a mismatch after good calls is a
+  # new signature, traced and caught, eager or jitted.
+  tx = optax_rms.rmsprop(0.1, centered=True)
+  params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+  state = tx.init(params)
+  for update in (tx.update, jax.jit(tx.update)):
+    for _ in range(2):
+      update(params, state)
+    swapped = {"w": jnp.ones((3, 2)), "b": jnp.ones(3)}
+    with pytest.raises(ValueError, match=r"state\.nu\['w'\] has shape \(2, 3\)"):
+      update(swapped, state)
+    with pytest.raises(ValueError, match="gradient tree does not match"):
+      update({"w": params["w"]}, state)
+    update(params, state)  # the good signature still runs
+
+
 def test_orbax_restore_of_another_configuration_is_named(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   p = {"w": jnp.ones((2, 3))}
