@@ -13,9 +13,11 @@
 # yet measured; the tests 75 s with 14 workers. Since then the ResNet,
 # many-leaf and transformer sections also time pack_small(ours), and compile
 # times four implementations (optax.flatten's compiles slowly: 8.5 s each on
-# the CPU). The whole suite does not fit the default limit: in a short lease
-# give the bench and the tests a call each, what is missing first, e.g.
-#   BENCH_SECTIONS=tree:resnet50_like,tree:many_small,compile,tree:bf16_big_leaf \
+# the CPU), and resnet50_flax (Flax's conv layout; about as long as
+# resnet50_like) is new. The whole suite does not fit the default limit: in a
+# short lease give the bench and the tests a call each, what is missing
+# first, e.g.
+#   BENCH_SECTIONS=tree:resnet50_like,tree:resnet50_flax,tree:many_small,compile,tree:bf16_big_leaf \
 #     bash benchmarks/gpu_check.sh OUT 560 0
 #   bash benchmarks/gpu_check.sh OUT2 0 150
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR] [BENCH_LIMIT_S] [TEST_LIMIT_S]
