@@ -946,8 +946,12 @@ def section_names() -> list[str]:
   )
 
 
-def run_section(name: str, scale_name: str, variants: list[str]) -> Any:
+def run_section(
+  name: str, scale_name: str, variants: list[str], compile_reps: int | None = None
+) -> Any:
   scale = SCALES[scale_name]
+  if compile_reps is not None:
+    scale = dataclasses.replace(scale, compile_reps=compile_reps)
   if name == "machine":  # not a section: the parent of isolated runs asks a child
     return machine_info()
   if name == "roofline":
@@ -1014,6 +1018,7 @@ def run_suite(
   isolate: bool = False,
   variants: list[str] | None = None,
   sections: list[str] | None = None,
+  compile_reps: int | None = None,
   log: Callable[[str], None] = print,
   after_section: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -1025,6 +1030,8 @@ def run_suite(
   its memory while the children run.
   after_section: called with the results so far after each section (to save
   them: a run cut short keeps what it measured).
+  compile_reps: compilations per implementation in the compile section (default:
+  the scale's), fewer where device time is short.
   """
   variants = list(variants or VARIANTS)
   sections = list(sections or section_names())
@@ -1044,9 +1051,9 @@ def run_suite(
   for name in plan:
     t0 = time.perf_counter()
     if isolate:
-      data = _run_child(name, scale_name, variants)
+      data = _run_child(name, scale_name, variants, compile_reps)
     else:
-      data = run_section(name, scale_name, variants)
+      data = run_section(name, scale_name, variants, compile_reps)
     if name == "roofline" and "roofline" in results["sections"]:
       results["sections"]["roofline_end"] = data
     else:
@@ -1059,12 +1066,16 @@ def run_suite(
   return results
 
 
-def _run_child(name: str, scale_name: str, variants: list[str]) -> Any:
+def _run_child(
+  name: str, scale_name: str, variants: list[str], compile_reps: int | None = None
+) -> Any:
   """run_section in a new process; {"error": ...} if that process fails."""
   with tempfile.TemporaryDirectory() as tmp:
     path = pathlib.Path(tmp) / "out.json"
     cmd = [sys.executable, __file__, "--child", name, "--scale", scale_name]
     cmd += ["--variants", ",".join(variants), "--child-out", str(path)]
+    if compile_reps is not None:
+      cmd += ["--compile-reps", str(compile_reps)]
     proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0 or not path.exists():
@@ -1093,6 +1104,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     "--variants", help="comma-separated subset of " + ",".join(VARIANTS)
   )
+  parser.add_argument(
+    "--compile-reps",
+    type=int,
+    help="compilations per implementation in the compile section (full: 3)",
+  )
   parser.add_argument("--scale", help=argparse.SUPPRESS)
   parser.add_argument("--child", help=argparse.SUPPRESS)
   parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -1102,13 +1118,15 @@ def main(argv: list[str] | None = None) -> None:
   sections = args.sections.split(",") if args.sections else None
   if scale_name not in SCALES:
     parser.error(f"unknown scale {scale_name!r}")
+  if args.compile_reps is not None and args.compile_reps < 1:
+    parser.error("--compile-reps must be at least 1")
   if unknown := [v for v in variants if v not in VARIANTS]:
     parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
   if unknown := [x for x in sections or () if x not in section_names()]:
     parser.error(f"unknown sections {unknown}; choose from {section_names()}")
 
   if args.child:  # one section, in its own process
-    data = run_section(args.child, scale_name, variants)
+    data = run_section(args.child, scale_name, variants, args.compile_reps)
     pathlib.Path(args.child_out).write_text(json.dumps(data))
     return
 
@@ -1132,6 +1150,7 @@ def main(argv: list[str] | None = None) -> None:
     isolate=isolate,
     variants=variants,
     sections=sections,
+    compile_reps=args.compile_reps,
     after_section=save,
   )
   print(f"total {results['runtime_s']:.0f} s")
@@ -1153,9 +1172,9 @@ def _command(args: argparse.Namespace) -> str:
   cmd = "python benchmarks/bench_step.py"
   if args.quick:
     cmd += " --quick"
-  for flag in ("sections", "variants", "out"):
+  for flag in ("sections", "variants", "compile_reps", "out"):
     if getattr(args, flag):
-      cmd += f" --{flag} {getattr(args, flag)}"
+      cmd += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
   return cmd
 
 
