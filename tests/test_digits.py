@@ -53,8 +53,18 @@ def test_every_variant_trains_a_few_steps(digits, small_data, tmp_path):
     )
     losses = second.history["train_loss"]
     assert all(map(jnp.isfinite, losses)), variant
-    # Same seed and batches: the first epoch of both runs is the same.
-    assert first.history["train_loss"][0] == losses[0], variant
+    # Same seed and batches: the first epoch of both runs is the same. Bit for
+    # bit on the CPU. XLA:GPU's kernels are not deterministic run to run (its
+    # reductions and cuDNN's convolution gradients may sum in another order):
+    # on an H200 the two runs' first-epoch losses differed by a few ulps, in a
+    # different variant each time the suite ran, so there the same math's
+    # rounding tolerance applies.
+    if jax.default_backend() == "cpu":
+      assert first.history["train_loss"][0] == losses[0], variant
+    else:
+      assert_close(
+        first.history["train_loss"][0], losses[0], SAME_MATH, jnp.float32, variant
+      )
     assert losses[-1] < losses[0], (variant, losses)
 
 
