@@ -123,7 +123,11 @@ def pack_small(
   bytes, and its compile time grows with the number of leaves
   (``benchmarks/README.md`` has the figures). ``max_leaves`` bounds each
   concatenation: XLA compiles one concatenation of a thousand operands more
-  slowly than the leafwise step it replaces.
+  slowly than the leafwise step it replaces. The defaults were chosen on a
+  CPU, where packing a big leaf costs a copy of its gradient and update per
+  step. On a GPU, where a convnet's step waits on the host more than on
+  memory, packing every leaf (``max_size`` above the largest) was faster
+  still on ResNet-50.
 
   What changes, beside speed: the state is no longer shaped like the
   parameters (its buffers are `PackedLeaves`), so checkpoints of the two
