@@ -311,9 +311,10 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
   return root
 
 
-def _random_arrays(tree: Tree, seed: int) -> tuple[dict, dict]:
-  """Random (never zero) float32 params and grads, as flat numpy dicts."""
-  rng = np.random.default_rng(seed)
+def _random_arrays(tree: Tree, seed: int | None = None) -> tuple[dict, dict]:
+  """Random (never zero) float32 params and grads, as flat numpy dicts; by
+  default seeded by the tree's name, so every script times the same arrays."""
+  rng = np.random.default_rng(zlib.crc32(tree.name.encode()) if seed is None else seed)
   params, grads = {}, {}
   for path, shape in tree.shapes.items():
     params[path] = 0.02 * rng.standard_normal(shape, dtype=np.float32)
@@ -675,7 +676,7 @@ def section_tree(scale: Scale, tree: Tree, variants: list[str]) -> dict[str, Any
   centered variance into cancellation (torch would then take sqrt of a
   negative number).
   """
-  np_params, np_grads = _random_arrays(tree, seed=zlib.crc32(tree.name.encode()))
+  np_params, np_grads = _random_arrays(tree)
   dtype = jnp.dtype(tree.dtype)
   grads = _nest({k: jnp.asarray(v, dtype) for k, v in np_grads.items()})
   device, _ = torch_device()

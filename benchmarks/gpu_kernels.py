@@ -19,7 +19,6 @@ import argparse
 import collections
 import sys
 import time
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -89,9 +88,7 @@ def main() -> None:
   if device != "cuda":
     sys.exit(f"gpu_kernels.py needs JAX and torch on a GPU: torch rows {why}")
   tree = bench_step.trees(bench_step.SCALES["full"])[args.tree]
-  np_params, np_grads = bench_step._random_arrays(
-    tree, seed=zlib.crc32(tree.name.encode())
-  )
+  np_params, np_grads = bench_step._random_arrays(tree)
   grads = bench_step._nest({k: jnp.asarray(v) for k, v in np_grads.items()})
   print(
     f"{tree.name}: {tree.n_params:,} params, {len(tree.shapes)} leaves, on "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +39,7 @@ def main() -> None:
   args = parser.parse_args()
   scale = bench_step.SCALES[args.scale]
   tree = bench_step.trees(scale)[args.tree]
-  np_params, np_grads = bench_step._random_arrays(
-    tree, seed=zlib.crc32(tree.name.encode())
-  )
+  np_params, np_grads = bench_step._random_arrays(tree)
   grads = bench_step._nest({k: jnp.asarray(v) for k, v in np_grads.items()})
   sizes = [int(s) for s in args.sizes.split(",")]
   counts = [int(c) for c in args.leaves.split(",")]
