@@ -184,6 +184,14 @@ def _dither(
   return x ^ (x >> 16)
 
 
+def _opaque_zero(x: jax.Array) -> jax.Array:
+  """An int32 0 that XLA cannot fold away: a data dependency on `x`."""
+  if jnp.issubdtype(x.dtype, jnp.floating):  # its top 8 bits: 0..255
+    bits = 8 * x.dtype.itemsize
+    x = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}")) >> (bits - 8)
+  return jnp.minimum(x.astype(jnp.int32), 0)
+
+
 def _to_float(bits: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
@@ -320,12 +328,22 @@ def update(
     bl = {k: dyn_read(v, start // BLOCK, nb) for k, v in block_scales.items()}
     segs = ((leaf, (length,)),)
     buffers, block_scales = dict(buffers), dict(block_scales)
+    written: list[str] = []
 
     def store(k, value):
       codes, s = encode(
         forms[k], value, dtypes[k], count, STREAMS[k], segs, offset=start
       )
-      buffers[k] = dyn_write(buffers[k], codes, start)
+      # Write the buffers in the order they are stored: a buffer computed
+      # from another's old values (the centered variance reads the old mean)
+      # is then written before that one is overwritten, and XLA needs no copy
+      # of the old buffer. The order is a data dependency: this write's
+      # offset adds a zero read from the buffers written before it.
+      at = start
+      for j in written:
+        at = at + _opaque_zero(buffers[j][start])
+      written.append(k)
+      buffers[k] = dyn_write(buffers[k], codes, at)
       if s is not None:
         block_scales[k] = dyn_write(block_scales[k], s, start // BLOCK)
         s = dyn_read(block_scales[k], start // BLOCK, nb)
