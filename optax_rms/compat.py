@@ -11,7 +11,9 @@ MXNet's ``clip_weights``, a clip of the parameters behind.
 Learning rates may be numbers or optax schedules of the 0-based step. The
 returned update is applied as usual with ``optax.apply_updates``. Where a
 preset needs no pre/post-processing it returns the bare ``rmsprop`` (one flat
-:class:`optax_rms.RMSPropState`); otherwise an ``optax.chain``.
+:class:`optax_rms.RMSPropState`); otherwise an ``optax.chain``, which Keras'
+gradient accumulation wraps in ``optax.MultiSteps`` and its ``use_ema`` in
+:func:`optax_rms.ema_params`.
 
 The differences between the frameworks are tabulated in ``docs/porting.md``.
 """
