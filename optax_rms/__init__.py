@@ -2,6 +2,9 @@
 
 from optax_rms import compat as compat
 from optax_rms import sharding as sharding
+from optax_rms._ema import EmaParamsState as EmaParamsState
+from optax_rms._ema import ema_params as ema_params
+from optax_rms._ema import get_ema_params as get_ema_params
 from optax_rms._pack import PackedLeaves as PackedLeaves
 from optax_rms._pack import pack_small as pack_small
 from optax_rms._rmsprop import RMSPropState as RMSPropState
@@ -11,9 +14,12 @@ from optax_rms._rmsprop import scale_by_rms as scale_by_rms
 __version__ = "0.1.0"
 
 __all__ = [
+  "EmaParamsState",
   "PackedLeaves",
   "RMSPropState",
   "compat",
+  "ema_params",
+  "get_ema_params",
   "pack_small",
   "rmsprop",
   "scale_by_rms",
