@@ -2,6 +2,7 @@
 
 from optax_rms import compat as compat
 from optax_rms import sharding as sharding
+from optax_rms._migrate import from_optax_rmsprop_state as from_optax_rmsprop_state
 from optax_rms._pack import PackedLeaves as PackedLeaves
 from optax_rms._pack import pack_small as pack_small
 from optax_rms._rmsprop import RMSPropState as RMSPropState
@@ -14,6 +15,7 @@ __all__ = [
   "PackedLeaves",
   "RMSPropState",
   "compat",
+  "from_optax_rmsprop_state",
   "pack_small",
   "rmsprop",
   "scale_by_rms",
