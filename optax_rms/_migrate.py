@@ -32,9 +32,14 @@ _LEARNING_RATE = (optax.EmptyState, optax.ScaleByScheduleState)  # ScaleState
 _MOMENTUM = (optax.EmptyState, optax.TraceState)
 # The same by field names, for a checkpoint restored without a target (orbax
 # then gives a list of dicts, and None for an EmptyState).
-_STATISTICS_FIELDS = ({"nu"}, {"count", "nu"}, {"mu", "nu"}, {"count", "mu", "nu"})
-_LEARNING_RATE_FIELDS = (set(), {"count"})
-_MOMENTUM_FIELDS = (set(), {"trace"})
+_STATISTICS_FIELDS: tuple[set[str], ...] = (
+  {"nu"},
+  {"count", "nu"},
+  {"mu", "nu"},
+  {"count", "mu", "nu"},
+)
+_LEARNING_RATE_FIELDS: tuple[set[str], ...] = (set(), {"count"})
+_MOMENTUM_FIELDS: tuple[set[str], ...] = (set(), {"trace"})
 
 _EXPECTED = (
   "optax.rmsprop's state: a tuple of three, (ScaleByRmsState or "
@@ -57,7 +62,7 @@ def _fields(
         f"{type(part).__name__}, not one of "
         f"{', '.join(t.__name__ for t in types)}; expected {_EXPECTED}."
       )
-    fields = part._asdict()
+    fields = dict(zip(part._fields, part, strict=True))
   elif isinstance(part, Mapping):
     fields = dict(part)
   else:
