@@ -5,6 +5,7 @@ from optax_rms import sharding as sharding
 from optax_rms._ema import EmaParamsState as EmaParamsState
 from optax_rms._ema import ema_params as ema_params
 from optax_rms._ema import get_ema_params as get_ema_params
+from optax_rms._migrate import from_optax_rmsprop_state as from_optax_rmsprop_state
 from optax_rms._pack import PackedLeaves as PackedLeaves
 from optax_rms._pack import pack_small as pack_small
 from optax_rms._rmsprop import RMSPropState as RMSPropState
@@ -19,6 +20,7 @@ __all__ = [
   "RMSPropState",
   "compat",
   "ema_params",
+  "from_optax_rmsprop_state",
   "get_ema_params",
   "pack_small",
   "rmsprop",
