@@ -58,8 +58,9 @@ class PackedLeaves:
     return ((keys("large"), self.large), (keys("small"), self.small)), self.segments
 
   @classmethod
-  def tree_unflatten(cls, segments: Any, children: Any) -> "PackedLeaves":
-    return cls(*children, segments=segments)
+  def tree_unflatten(cls, segments: Any, children: Any) -> PackedLeaves:
+    large, small = children
+    return cls(large, small, segments=segments)
 
   def __repr__(self) -> str:
     return f"PackedLeaves(large={self.large!r}, small={self.small!r})"

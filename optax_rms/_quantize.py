@@ -73,7 +73,7 @@ Memory: 1 byte + 4/``BLOCK`` bytes = 1.016 bytes per parameter and buffer.
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -248,6 +248,7 @@ def decode(
   """The stored buffer as an array of values (float32 for the 8-bit forms)."""
   if form == "float":
     return stored
+  assert scale is not None, "an 8-bit buffer needs its scales"
   scale = _per_element(scale, segments) * (1 / _TOP[form])
   return (_magnitude(form, stored.reshape(-1)) * scale).reshape(stored.shape)
 

@@ -10,7 +10,6 @@ the package (the framework presets included) only maps arguments onto
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeAlias
 

@@ -33,6 +33,29 @@ from optax_rms._rmsprop import rmsprop
 __all__ = ["keras", "mxnet", "pytorch", "tf1", "timm"]
 
 
+# State storage (dtypes, 8-bit codes) is no part of any framework's RMSprop:
+# every preset passes these keywords through to optax_rms.rmsprop unchanged.
+STATE_STORAGE = (
+  "nu_dtype",
+  "mu_dtype",
+  "momentum_dtype",
+  "nu_quantization",
+  "mu_quantization",
+  "momentum_quantization",
+)
+
+
+def _state_storage(preset: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+  unknown = sorted(set(kwargs) - set(STATE_STORAGE))
+  if unknown:
+    raise TypeError(
+      f"optax_rms.compat.{preset}() got unexpected keyword argument(s) "
+      f"{unknown}; beside the framework's own arguments it takes only the "
+      f"state-storage options of optax_rms.rmsprop: {list(STATE_STORAGE)}."
+    )
+  return kwargs
+
+
 def _momentum_or_none(momentum: Any) -> Any:
   """Frameworks that keep no buffer for momentum == 0 (a Python number)."""
   if isinstance(momentum, (int, float)) and momentum == 0:
@@ -56,6 +79,7 @@ def pytorch(
   momentum: float = 0,
   centered: bool = False,
   maximize: bool = False,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``torch.optim.RMSprop``.
 
@@ -74,6 +98,12 @@ def pytorch(
   Complex parameters: PyTorch views them as pairs of reals (one ``nu`` per real
   and imaginary part); optax_rms uses ``|g|^2`` as optax does, so complex
   trajectories differ.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -94,6 +124,7 @@ def pytorch(
     weight_decay=_weight_decay_or_none(weight_decay),
     weight_decay_mode="coupled",
     maximize=maximize,
+    **_state_storage("pytorch", state_storage),
   )
 
 
@@ -143,6 +174,7 @@ def keras(
   ema_overwrite_frequency: int | None = None,
   loss_scale_factor: float | None = None,
   gradient_accumulation_steps: int | None = None,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keras 3 ``keras.optimizers.RMSprop``.
 
@@ -187,6 +219,12 @@ def keras(
     ``use_ema`` (they are still checked).
 
   ``update`` needs ``params`` when ``use_ema=True``.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -247,6 +285,7 @@ def keras(
     lr_in_momentum=True,
     weight_decay=_weight_decay_or_none(weight_decay),
     weight_decay_mode="decoupled",
+    **_state_storage("keras", state_storage),
   )
   parts: list[optax.GradientTransformation] = []
   if gradient_accumulation_steps is not None:
@@ -285,6 +324,7 @@ def tf1(
   momentum: float = 0.0,
   epsilon: float = 1e-10,
   centered: bool = False,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""TensorFlow 1 ``tf.compat.v1.train.RMSPropOptimizer``.
 
@@ -297,6 +337,12 @@ def tf1(
   learning rate enters the momentum buffer. This is the optimizer of the
   EfficientNet/MobileNet TPU recipes (with ``decay=0.9, momentum=0.9,
   epsilon=1e-3``) and of DQN/A3C reference code.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -315,6 +361,7 @@ def tf1(
     centered=centered,
     momentum=_momentum_or_none(momentum),
     lr_in_momentum=True,
+    **_state_storage("tf1", state_storage),
   )
 
 
@@ -342,6 +389,7 @@ def mxnet(
   rescale_grad: float = 1.0,
   wd: float = 0.0,
   clip_gradient: float | None = None,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""MXNet 1.9 ``mx.optimizer.RMSProp``.
 
@@ -362,6 +410,12 @@ def mxnet(
 
   The learning rate schedule is a function of the 0-based step; an MXNet
   ``lr_scheduler`` is called with the 1-based update count.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -392,6 +446,7 @@ def mxnet(
       centered=centered,
       momentum=gamma2 if centered else None,
       lr_in_momentum=True,
+      **_state_storage("mxnet", state_storage),
     )
   )
   if clip_weights is not None:
@@ -408,6 +463,7 @@ def timm(
   centered: bool = False,
   decoupled_decay: bool = False,
   lr_in_momentum: bool = True,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""timm's ``RMSpropTF`` (TensorFlow-style RMSprop in PyTorch).
 
@@ -421,6 +477,12 @@ def timm(
   \beta b + u;\ \theta \leftarrow \theta - \eta_t b`; with
   ``decoupled_decay`` the parameters are first scaled by
   :math:`1 - \eta_t\lambda`.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -441,4 +503,5 @@ def timm(
     lr_in_momentum=lr_in_momentum,
     weight_decay=_weight_decay_or_none(weight_decay),
     weight_decay_mode="decoupled" if decoupled_decay else "coupled",
+    **_state_storage("timm", state_storage),
   )

@@ -281,3 +281,24 @@ def test_keras_gradient_accumulation_moves_only_every_k_calls():
   assert moved == [False, False, True] * 3
   ema = optax_rms.get_ema_params(state)
   assert jax.tree.structure(ema) == jax.tree.structure(params)
+
+
+@pytest.mark.parametrize("preset", ["pytorch", "keras", "tf1", "mxnet", "timm"])
+def test_presets_pass_state_storage_through_and_refuse_other_keywords(preset):
+  """No framework has 8-bit state: the presets pass rmsprop's state-storage
+  keywords through (same math, other storage) and name anything else."""
+  preset_fn = getattr(optax_rms.compat, preset)
+  make = (lambda **kw: preset_fn(0.01, **kw)) if preset == "tf1" else preset_fn
+  centered = dict(centered=True)
+  kw = dict(nu_quantization="8bit", mu_quantization="8bit")
+  p = {"w": jnp.ones((4, 3))}
+  state = make(**centered, **kw).init(p)
+  leaves = jax.tree.leaves(state)
+  assert sum(x.dtype == jnp.uint8 for x in leaves) == 2  # nu and mu codes
+  bf16 = make(**centered, nu_dtype="bfloat16").init(p)
+  assert any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(bf16))
+  unexpected = r"unexpected keyword argument\(s\) \['decay_rate'\]"
+  with pytest.raises(TypeError, match=unexpected):
+    make(decay_rate=0.5)
+  with pytest.raises(ValueError, match="momentum_quantization"):
+    make(momentum_quantization="8bit")  # momentum off by default

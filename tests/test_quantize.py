@@ -163,9 +163,7 @@ def test_overflowing_gradient_does_not_poison_its_block(buffer):
     gr[7] = 0.0
     u_bad, s_bad = tx.update(jnp.asarray(gb), s_bad, p)
     u_ref, s_ref = tx.update(jnp.asarray(gr), s_ref, p)
-    np.testing.assert_array_equal(
-      np.asarray(u_bad)[others], np.asarray(u_ref)[others]
-    )
+    np.testing.assert_array_equal(np.asarray(u_bad)[others], np.asarray(u_ref)[others])
     for field in ("nu", "mu", "momentum"):
       a, b = np.asarray(getattr(s_bad, field)), np.asarray(getattr(s_ref, field))
       np.testing.assert_array_equal(a[others], b[others], err_msg=field)
@@ -362,9 +360,7 @@ def test_quantization_keywords_are_validated_at_construction():
       0.1, momentum=0.9, momentum_quantization="8bit", momentum_dtype="bfloat16"
     )
   with pytest.raises(ValueError, match="cannot be combined with mu_dtype"):
-    optax_rms.rmsprop(
-      0.1, centered=True, mu_quantization="8bit", mu_dtype="float32"
-    )
+    optax_rms.rmsprop(0.1, centered=True, mu_quantization="8bit", mu_dtype="float32")
   with pytest.raises(TypeError, match=r"\['z'\] is complex"):
     optax_rms.rmsprop(0.1, momentum=0.9, momentum_quantization="8bit").init(
       {"z": jnp.ones(3, jnp.complex64)}
@@ -374,9 +370,9 @@ def test_quantization_keywords_are_validated_at_construction():
   p = jnp.ones(4)
   plain = optax_rms.rmsprop(0.1, centered=True, momentum=0.9).init(p)
   with pytest.raises(ValueError, match="'mu_scale' buffer"):
-    optax_rms.rmsprop(
-      0.1, centered=True, momentum=0.9, mu_quantization="8bit"
-    ).update(p, plain)
+    optax_rms.rmsprop(0.1, centered=True, momentum=0.9, mu_quantization="8bit").update(
+      p, plain
+    )
   with pytest.raises(ValueError, match="'nu_scale' buffer"):
     tx.update(p, plain)
 
@@ -488,7 +484,9 @@ def _peak(tx, shape=(2048, 2048)):
   return (m.argument_size_in_bytes + m.temp_size_in_bytes) / size, m.temp_size_in_bytes
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's buffer assignment")
+@pytest.mark.skipif(
+  jax.default_backend() != "cpu", reason="XLA:CPU's buffer assignment"
+)
 @pytest.mark.parametrize(
   "kw, n_buffers, saved",
   [
@@ -533,7 +531,10 @@ def test_sharding_helpers_place_every_8bit_buffer():
   for field in ("nu", "mu", "momentum"):
     assert getattr(mirrored, field)["w"].spec == P("model", None)
     assert getattr(zero1, field)["w"].spec == P("model", "data")
-    for scales in (getattr(mirrored, f"{field}_scale"), getattr(zero1, f"{field}_scale")):
+    for scales in (
+      getattr(mirrored, f"{field}_scale"),
+      getattr(zero1, f"{field}_scale"),
+    ):
       assert all(s.spec in (P(), P("data")) for s in jax.tree.leaves(scales))
   state = jax.jit(tx.init, out_shardings=mirrored)(params)
   u, state = jax.jit(tx.update)(params, state, params)
