@@ -2,6 +2,8 @@
 
 from optax_rms import compat as compat
 from optax_rms import sharding as sharding
+from optax_rms._offload import HostOffloadState as HostOffloadState
+from optax_rms._offload import host_offload as host_offload
 from optax_rms._pack import PackedLeaves as PackedLeaves
 from optax_rms._pack import pack_small as pack_small
 from optax_rms._rmsprop import RMSPropState as RMSPropState
@@ -11,9 +13,11 @@ from optax_rms._rmsprop import scale_by_rms as scale_by_rms
 __version__ = "0.1.0"
 
 __all__ = [
+  "HostOffloadState",
   "PackedLeaves",
   "RMSPropState",
   "compat",
+  "host_offload",
   "pack_small",
   "rmsprop",
   "scale_by_rms",
