@@ -156,7 +156,11 @@ def host_offload(
   ``optax_rms.sharding.state_shardings(tx, params, memory_kind="pinned_host")``
   (or ``zero1_state_shardings``), as ``out_shardings`` of a jitted
   ``tx.init`` and as in/out shardings of the train step; an eager
-  ``tx.init(params)`` places the state itself.
+  ``tx.init(params)`` places the state itself. A step that donates the state
+  needs those ``out_shardings``: without them jax 0.10 pairs donated buffers
+  with outputs by shape and dtype alone, and can give a device output a
+  donated host buffer (the run aborts: "PjRtBuffer's memory kind does not
+  match sharding's memory kind").
 
   Args:
     inner: any optax transformation.

@@ -9,6 +9,8 @@ host buffers (read from the compiled program), and the errors. The speed on a
 GPU is benchmarks/offload.py's.
 """
 
+import importlib.util
+import pathlib
 import re
 
 import jax
@@ -351,3 +353,27 @@ def test_state_shardings_refuse_a_memory_kind_the_devices_lack():
       helper(memory_kind="hbm")
     unpinned = helper(memory_kind="unpinned_host")
     assert {s.memory_kind for s in jax.tree.leaves(unpinned)} == {"unpinned_host"}
+
+
+# --- the benchmark's smoke test ----------------------------------------------------
+
+
+def test_the_offload_benchmark_runs_both_modes():
+  path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks/offload.py"
+  spec = importlib.util.spec_from_file_location("offload_benchmark", path)
+  assert spec is not None and spec.loader is not None
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  argv = ["--layers=1", "--d-model=32", "--vocab=16", "--tokens=8", "--steps=2"]
+  argv += ["--warmup=1", "--bandwidth-reps=2"]
+  results = {
+    mode: bench.run_mode(bench.parse_args([*argv, f"--mode={mode}"]))
+    for mode in ("device", "offload")
+  }
+  assert results["device"]["state_memory_kinds"] == ["device"]
+  assert results["offload"]["state_memory_kinds"] == [HOST]
+  assert results["device"]["loss"] == results["offload"]["loss"]
+  assert results["offload"]["hlo_host_annotations"] > 0
+  assert results["device"]["hlo_host_annotations"] == 0
+  text = bench.render(results["device"], results["offload"], bench.parse_args(argv))
+  assert "bound S/B_h2d + S/B_d2h" in text
