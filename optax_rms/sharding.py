@@ -49,6 +49,8 @@ sharding); with ``AxisType.Explicit`` the mirrored placement is what
 ``jax.jit(tx.init)`` produces anyway, and a ZeRO-1 step must put the updates
 back on the parameters' sharding (``out_shardings`` of the step, or
 ``jax.sharding.reshard``) or the parameters would inherit the state's split.
+``memory_kind="pinned_host"`` puts every state leaf in host memory, specs
+unchanged: the shardings of ``optax_rms.host_offload``'s state.
 """
 
 from __future__ import annotations
