@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import SingleDeviceSharding
 
@@ -50,8 +51,9 @@ HOST = "pinned_host"
 
 
 def lm_params(layers: int, d_model: int, vocab: int) -> dict[str, Any]:
-  """Arrays of a GPT-style LM's shapes (float32, small random values)."""
-  d, key = d_model, jax.random.PRNGKey(0)
+  """Arrays of a GPT-style LM's shapes (float32, small random values; NumPy's
+  generator: no compile per shape)."""
+  d, rng = d_model, np.random.default_rng(0)
   shapes: dict[str, tuple[int, ...]] = {"embed": (vocab, d), "ln_f": (d,)}
   for i in range(layers):
     shapes |= {
@@ -63,10 +65,9 @@ def lm_params(layers: int, d_model: int, vocab: int) -> dict[str, Any]:
       f"layer{i}.mlp_in_bias": (4 * d,),
       f"layer{i}.mlp_out": (4 * d, d),
     }
-  keys = jax.random.split(key, len(shapes))
   return {
-    name: 0.02 * jax.random.normal(k, shape)
-    for (name, shape), k in zip(shapes.items(), keys, strict=True)
+    name: (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    for name, shape in shapes.items()
   }
 
 
@@ -121,9 +122,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
   params = jax.device_put(lm_params(args.layers, args.d_model, args.vocab), device)
   state = tx.init(params)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
-  tokens = jax.random.randint(
-    jax.random.PRNGKey(1), (args.tokens,), 0, args.vocab, jnp.int32
-  )
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, args.vocab, args.tokens))
 
   def step(params, state, tokens):
     loss, grads = jax.value_and_grad(loss_fn)(params, tokens, args.layers)
