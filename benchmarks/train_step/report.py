@@ -286,6 +286,8 @@ def render(results: dict[str, Any], command: str = "") -> str:
     "under their table.",
   ]
   for section, tables in results["sections"].items():
+    if not tables:
+      continue
     out += ["", f"## {TITLES.get(section, section)}", ""]
     for table in tables.values():
       out += [

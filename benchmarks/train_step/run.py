@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     return
   if args.render:
     results = merge([json.loads(pathlib.Path(f).read_text()) for f in args.render])
-    _write(
-      results, args, "python -m benchmarks.train_step --render " + " ".join(args.render)
-    )
+    _write(results, args, results["command"] + "; merged with --render")
     return
   sections = args.sections.split(",") if args.sections else None
   if unknown := [s for s in sections or () if s not in SECTIONS]:
@@ -163,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
   cmd = "python -m benchmarks.train_step " + " ".join(
     sys.argv[1:] if argv is None else argv
   )
-  _write(results, args, cmd.strip())
+  results["command"] = cmd.strip()
+  _write(results, args, results["command"])
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -177,6 +176,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["load_end"] = part["load_end"]
     out["runtime_s"] += part["runtime_s"]
     out["machine"]["date"] += f", {part['machine']['date']}"
+    out["command"] = f"{out.get('command', '?')}; {part.get('command', '?')}"
   return out
 
 
