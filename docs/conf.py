@@ -1,0 +1,361 @@
+"""Sphinx configuration of the optax_rms documentation site.
+
+Build (from the repository root):
+
+  pip install -e ".[docs]" && python -m sphinx -W -b html docs docs/_build/html
+
+What this file does beyond plain settings, at ``builder-inited`` (so that
+importing it, as tests/test_docs_conf.py does, writes nothing):
+
+- **API pages from ``__all__``.** :func:`api_pages` lists one page per name in
+  ``optax_rms.__all__``, and for each public submodule in it (``compat``,
+  ``sharding``) one page per name in that module's ``__all__``; they are
+  written to ``docs/api/`` (generated, git-ignored). A name added to an
+  ``__all__`` appears on the site without an edit here.
+- **Pages that live outside docs/.** ``benchmarks/README.md``, its
+  ``RESULTS*.md`` and their PNGs are copied to ``docs/benchmarks/`` and the
+  notebook ``examples/rmsprop_variants.ipynb`` to ``docs/examples/``
+  (generated, git-ignored), so that the relative links between those pages
+  keep working as they do on GitHub. Links from them to files that are not
+  pages (``../examples/*.py``, ``docs/numerics.md`` from the repository root)
+  are rewritten in :func:`_fix_links`.
+- **The notebook is executed at every build** by myst-nb (its outputs are
+  stripped in git), in the notebook's folder, with the ``python3`` kernel: the
+  interpreter of this environment, as in tests/test_notebook.py. A failing
+  cell fails the build.
+
+**Math without network.** The docstrings' ``.. math::`` blocks and
+``:math:`` roles, and ``$...$`` in the Markdown pages (myst's ``dollarmath``),
+are typeset by MathJax in the browser. Sphinx would load MathJax from a CDN;
+the machines that build and read this site may have no network beyond the
+package registries, so MathJax 3.2.2 comes from the PyPI package
+``sphinx-mathjax-offline`` (its ``tex-chtml.js`` and woff fonts, copied into
+``_static/mathjax/`` of the built site; ``mathjax_path`` points there). The
+site then renders math from ``file://`` or any server, offline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pathlib
+import re
+import shutil
+import sys
+import types
+from typing import Any
+
+DOCS = pathlib.Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))  # the optax_rms of this checkout
+
+PACKAGE = "optax_rms"
+GENERATED = ("api", "benchmarks", "examples")  # folders under docs/, git-ignored
+
+# -- Project -----------------------------------------------------------------
+
+project = "optax_rms"
+author = "the optax_rms authors"
+copyright = "the optax_rms authors"  # noqa: A001 (Sphinx's name)
+release = version = importlib.import_module(PACKAGE).__version__
+
+# -- General -----------------------------------------------------------------
+
+extensions = [
+  "sphinx.ext.autodoc",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.mathjax",
+  "sphinx.ext.viewcode",
+  "myst_nb",  # Markdown (it includes myst-parser) and notebooks
+]
+
+exclude_patterns = ["_build", "images/README*", "**.ipynb_checkpoints"]
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+root_doc = "index"
+default_role = "py:obj"  # `name` in a docstring links where it can, else code
+pygments_style = "sphinx"
+
+# autodoc + napoleon: the docstrings are Google style (Args:, Returns:,
+# Attributes:, Examples:).
+autodoc_default_options = {"member-order": "bysource"}
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+# Type aliases as written, not expanded into their unions
+# ("Array | ndarray | bool | number | ..." for jax.typing.ArrayLike).
+autodoc_type_aliases = {
+  "jax.typing.ArrayLike": "jax.typing.ArrayLike",
+  "optax.ScalarOrSchedule": "optax.ScalarOrSchedule",
+  "optax.Schedule": "optax.Schedule",
+  "optax.Params": "optax.Params",
+  "optax.Updates": "optax.Updates",
+  "optax.OptState": "optax.OptState",
+  # The package's private aliases, spelled out.
+  "ScalarOrSchedule": "optax.ScalarOrSchedule",
+  "WeightDecayMode": "Literal['coupled', 'decoupled']",
+  "Initable": "optax.GradientTransformation | Callable[[optax.Params], Any]",
+}
+autodoc_preserve_defaults = True  # `learning_rate=1e-3`, not a repr of a schedule
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+napoleon_attr_annotations = True
+
+# myst: $...$ and $$...$$ math in Markdown; headings get anchors so that
+# `page.md#section` links resolve.
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+# myst-nb: run the notebook at every build; an error in a cell fails the build.
+nb_execution_mode = "force"
+nb_execution_timeout = 600
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+nb_merge_streams = True
+
+# -- HTML ----------------------------------------------------------------------
+
+html_theme = "sphinx_book_theme"
+html_title = "optax_rms"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_theme_options = {
+  "show_toc_level": 2,
+  "navigation_with_keys": False,
+}
+html_show_sourcelink = False
+
+# MathJax offline (see the module docstring): set in setup() once the package's
+# files are found; sphinx.ext.mathjax adds the <script> tag to pages with math.
+mathjax_path = "mathjax/tex-chtml.js"
+# textmacros: `\_` and other text-mode macros inside \text{} / \texttt{}, as in
+# rmsprop's "\texttt{weight\_decay\_mode}" (without it MathJax shows the
+# backslash). MathJax loads it from _static/mathjax/input/tex/extensions/.
+mathjax3_config = {
+  "loader": {"load": ["[tex]/textmacros"]},
+  "tex": {"packages": {"[+]": ["textmacros"]}},
+}
+
+
+# -- API pages -----------------------------------------------------------------
+
+
+def _public_names(module: types.ModuleType) -> list[str]:
+  names = getattr(module, "__all__", None)
+  if names is None:
+    raise ValueError(f"{module.__name__} has no __all__: its API pages need one.")
+  return list(names)
+
+
+def _title(text: str) -> str:
+  return f"{text}\n{'=' * len(text)}\n"
+
+
+def _object_page(qualname: str, obj: Any) -> str:
+  """The rst of one public name's page, documented under its public path."""
+  if inspect.isclass(obj):
+    if issubclass(obj, tuple):
+      # A NamedTuple: its fields are in the docstring's Attributes: section;
+      # autodoc's members would repeat them as "Alias for field number N".
+      directive = f".. autoclass:: {qualname}\n   :show-inheritance:\n"
+    else:
+      directive = f".. autoclass:: {qualname}\n   :members:\n   :show-inheritance:\n"
+  elif callable(obj):
+    directive = f".. autofunction:: {qualname}\n"
+  else:
+    directive = f".. autodata:: {qualname}\n"
+  return f"{_title(qualname)}\n{directive}"
+
+
+def _module_page(qualname: str, module: types.ModuleType) -> str:
+  names = _public_names(module)
+  entries = "\n".join(f"   {qualname}.{name}" for name in names)
+  return (
+    f"{_title(qualname)}\n"
+    f".. automodule:: {qualname}\n   :no-members:\n\n"
+    f".. toctree::\n   :maxdepth: 1\n\n{entries}\n"
+  )
+
+
+def api_pages(package: str = PACKAGE) -> dict[str, str]:
+  """The API pages: file name under docs/api/ -> its reStructuredText.
+
+  One page per name in ``package.__all__`` (``autofunction`` / ``autoclass``
+  / ``autodata``), and for a name that is a submodule of the package with an
+  ``__all__`` of its own a module page (its docstring and a table of contents)
+  plus one page per name in that ``__all__``. ``index.rst`` lists them all.
+  Pure: it imports the package and returns text; :func:`write_api_pages`
+  writes it.
+  """
+  root = importlib.import_module(package)
+  pages: dict[str, str] = {}
+  top: list[str] = []
+  modules: list[str] = []
+  for name in _public_names(root):
+    obj = getattr(root, name)
+    qualname = f"{package}.{name}"
+    if isinstance(obj, types.ModuleType):
+      modules.append(qualname)
+      pages[f"{qualname}.rst"] = _module_page(qualname, obj)
+      for sub in _public_names(obj):
+        subname = f"{qualname}.{sub}"
+        pages[f"{subname}.rst"] = _object_page(subname, getattr(obj, sub))
+    else:
+      top.append(qualname)
+      pages[f"{qualname}.rst"] = _object_page(qualname, obj)
+
+  def toc(caption: str, entries: list[str]) -> str:
+    lines = "\n".join(f"   {e}" for e in entries)
+    return f".. toctree::\n   :caption: {caption}\n   :maxdepth: 1\n\n{lines}\n"
+
+  index = [
+    _title("API reference"),
+    f"Every public name of ``{package}``, generated from its ``__all__`` (and "
+    "its submodules' ``__all__``) at build time.\n",
+    toc(package, top),
+  ]
+  index += [toc(m, [m]) for m in modules]
+  pages["index.rst"] = "\n".join(index)
+  return pages
+
+
+def write_api_pages(outdir: pathlib.Path = DOCS / "api") -> None:
+  """Writes :func:`api_pages` to ``outdir``, removing stale pages."""
+  pages = api_pages()
+  outdir.mkdir(exist_ok=True)
+  for stale in outdir.glob("*.rst"):
+    if stale.name not in pages:
+      stale.unlink()
+  for name, text in pages.items():
+    path = outdir / name
+    if not path.exists() or path.read_text() != text:  # keep Sphinx's cache
+      path.write_text(text)
+
+
+# -- Pages from outside docs/ ----------------------------------------------------
+
+# repository path -> path under docs/ of the pages copied there; RESULTS*.md
+# are globbed.
+def _copies() -> dict[str, str]:
+  copies = {
+    "README.md": "readme.md",
+    "benchmarks/README.md": "benchmarks/README.md",
+    "examples/rmsprop_variants.ipynb": "examples/rmsprop_variants.ipynb",
+  }
+  for pattern in ("RESULTS*.md",):
+    for path in sorted((ROOT / "benchmarks").glob(pattern)):
+      copies[f"benchmarks/{path.name}"] = f"benchmarks/{path.name}"
+  return copies
+
+
+_LINK = re.compile(r"\]\((?!https?:|#|mailto:)([^)#\s]+)(#[^)\s]*)?\)")
+
+
+def _fix_links(text: str, src: pathlib.Path, dst: pathlib.Path) -> str:
+  """Rewrites the relative Markdown links of ``src``, copied to ``dst``.
+
+  A target that is copied too, or that lives under docs/, is made relative to
+  ``dst``; any other one is left as it is.
+  """
+  copies = {(ROOT / s).resolve(): DOCS / d for s, d in _copies().items()}
+
+  def fix(match: re.Match[str]) -> str:
+    target, anchor = match.group(1), match.group(2) or ""
+    resolved = (src.parent / target).resolve()
+    if resolved in copies:
+      resolved = copies[resolved]
+    elif not (resolved.is_relative_to(DOCS) and resolved.exists()):
+      return match.group(0)
+    return f"]({os.path.relpath(resolved, dst.parent)}{anchor})"
+
+  return _LINK.sub(fix, text)
+
+
+def copy_outside_pages() -> None:
+  """Copies the README, the benchmark pages and the notebook under docs/."""
+  copies = _copies()
+  for folder in {pathlib.PurePosixPath(d).parent for d in copies.values()}:
+    if folder.name:  # the generated folders: drop files no longer copied
+      (DOCS / folder).mkdir(parents=True, exist_ok=True)
+      for stale in (DOCS / folder).iterdir():
+        if stale.is_file() and f"{folder}/{stale.name}" not in copies.values():
+          stale.unlink()
+  for src_name, dst_name in copies.items():
+    src, dst = ROOT / src_name, DOCS / dst_name
+    data = src.read_bytes()
+    if src.suffix == ".md":
+      text = _fix_links(data.decode(), src, dst)
+      if src.name.startswith("RESULTS"):  # one title for all: say which file
+        text = re.sub(r"\A# (.*)", rf"# \1 ({src.name})", text, count=1)
+      data = text.encode()
+    if not dst.exists() or dst.read_bytes() != data:  # keep Sphinx's cache
+      dst.write_bytes(data)
+
+
+# An API page is one object: no "Contents" column, more width for its math.
+# (Page names, not a wildcard: the theme warns when two wildcards match.)
+html_theme_options["secondary_sidebar_items"] = {
+  "**": ["page-toc"],
+  **{f"api/{name.removesuffix('.rst')}": [] for name in api_pages()},
+}
+
+
+# -- Sphinx hooks ------------------------------------------------------------------
+
+
+def _mathjax_files() -> pathlib.Path:
+  """MathJax 3 as shipped in the ``sphinx-mathjax-offline`` wheel."""
+  from importlib import metadata
+
+  try:
+    dist = metadata.distribution("sphinx-mathjax-offline")
+  except metadata.PackageNotFoundError as e:
+    raise RuntimeError(
+      "MathJax is served from the sphinx-mathjax-offline package: "
+      'pip install -e ".[docs]"'
+    ) from e
+  for file in dist.files or ():
+    if file.name == "tex-chtml.js" and file.parent.name == "mathjax":
+      return pathlib.Path(str(dist.locate_file(file))).parent
+  raise RuntimeError("sphinx-mathjax-offline has no mathjax/tex-chtml.js")
+
+
+_FORWARD_REF = re.compile(r"TypeAliasForwardRef\('([^']*)'\)")
+
+
+def _plain_aliases(
+  app: Any, what: str, name: str, obj: Any, options: Any, signature: Any, ret: Any
+) -> tuple[Any, Any]:
+  """``X | None`` with X in ``autodoc_type_aliases`` reads as that, not as
+  ``TypeAliasForwardRef('X') | None`` (Sphinx 9 reprs the alias in a union)."""
+
+  def plain(text: str | None) -> str | None:
+    return None if text is None else _FORWARD_REF.sub(r"\1", text)
+
+  return plain(signature), plain(ret)
+
+
+def _on_builder_inited(app: Any) -> None:
+  write_api_pages()
+  copy_outside_pages()
+
+
+def _copy_mathjax(app: Any, exception: Exception | None) -> None:
+  if exception is None and app.builder.format == "html":
+    target = pathlib.Path(app.outdir) / "_static" / "mathjax"
+    source = _mathjax_files()
+    # Only what tex-chtml.js loads: itself, its fonts and the TeX extensions
+    # (textmacros, and those \require or the autoloader fetch), not the other
+    # components the package ships (24 MB in all).
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "tex-chtml.js", target / "tex-chtml.js")
+    for folder in ("output/chtml/fonts/woff-v2", "input/tex/extensions"):
+      shutil.copytree(source / folder, target / folder, dirs_exist_ok=True)
+
+
+def setup(app: Any) -> dict[str, Any]:
+  _mathjax_files()  # fail early, with the install command, if it is missing
+  app.connect("builder-inited", _on_builder_inited)
+  app.connect("autodoc-process-signature", _plain_aliases)
+  app.connect("build-finished", _copy_mathjax)
+  return {"parallel_read_safe": True}
