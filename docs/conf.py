@@ -32,6 +32,9 @@ package registries, so MathJax 3.2.2 comes from the PyPI package
 ``sphinx-mathjax-offline`` (its ``tex-chtml.js`` and woff fonts, copied into
 ``_static/mathjax/`` of the built site; ``mathjax_path`` points there). The
 site then renders math from ``file://`` or any server, offline.
+``python docs/check_math.py`` checks, in headless Chromium, that every
+formula of the built site is typeset (docs/images/api_rmsprop.png is its
+screenshot of the rmsprop page).
 """
 
 from __future__ import annotations
@@ -233,6 +236,7 @@ def write_api_pages(outdir: pathlib.Path = DOCS / "api") -> None:
 
 
 # -- Pages from outside docs/ ----------------------------------------------------
+
 
 # repository path -> path under docs/ of the pages copied there; RESULTS*.md
 # are globbed.

@@ -81,9 +81,9 @@ def test_a_new_public_name_gets_a_page(conf, monkeypatch):
   monkeypatch.setattr(optax_rms, "new_wrapper", new_wrapper, raising=False)
   monkeypatch.setattr(optax_rms, "__all__", [*optax_rms.__all__, "new_wrapper"])
   pages = conf.api_pages()
-  assert ".. autofunction:: optax_rms.new_wrapper\n" in pages[
-    "optax_rms.new_wrapper.rst"
-  ]
+  assert (
+    ".. autofunction:: optax_rms.new_wrapper\n" in pages["optax_rms.new_wrapper.rst"]
+  )
   assert "optax_rms.new_wrapper" in _toctree_entries(pages["index.rst"])
 
 
