@@ -68,6 +68,7 @@ release = version = importlib.import_module(PACKAGE).__version__
 extensions = [
   "sphinx.ext.autodoc",
   "sphinx.ext.napoleon",
+  "sphinx.ext.autosummary",  # the tables of names; the pages are api_pages()
   "sphinx.ext.mathjax",
   "sphinx.ext.viewcode",
   "myst_nb",  # Markdown (it includes myst-parser) and notebooks
@@ -99,6 +100,7 @@ autodoc_type_aliases = {
   "Initable": "optax.GradientTransformation | Callable[[optax.Params], Any]",
 }
 autodoc_preserve_defaults = True  # `learning_rate=1e-3`, not a repr of a schedule
+autosummary_generate = False  # api_pages() writes the pages
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -170,13 +172,26 @@ def _object_page(qualname: str, obj: Any) -> str:
   return f"{_title(qualname)}\n{directive}"
 
 
+def _summary(entries: list[str]) -> str:
+  """A table of the names with their docstrings' first lines, linked."""
+  lines = "\n".join(f"   {e}" for e in entries)
+  return f".. autosummary::\n   :nosignatures:\n\n{lines}\n"
+
+
+def _toctree(entries: list[str]) -> str:
+  """The pages below this one, for the navigation (the table shows them)."""
+  lines = "\n".join(f"   {e}" for e in entries)
+  return f".. toctree::\n   :hidden:\n\n{lines}\n"
+
+
 def _module_page(qualname: str, module: types.ModuleType) -> str:
   names = _public_names(module)
-  entries = "\n".join(f"   {qualname}.{name}" for name in names)
+  # automodule makes `qualname` the current module: the table names its
+  # members relative to it (autosummary warns on full names there).
   return (
     f"{_title(qualname)}\n"
     f".. automodule:: {qualname}\n   :no-members:\n\n"
-    f".. toctree::\n   :maxdepth: 1\n\n{entries}\n"
+    f"{_summary(names)}\n{_toctree([f'{qualname}.{n}' for n in names])}"
   )
 
 
@@ -185,39 +200,41 @@ def api_pages(package: str = PACKAGE) -> dict[str, str]:
 
   One page per name in ``package.__all__`` (``autofunction`` / ``autoclass``
   / ``autodata``), and for a name that is a submodule of the package with an
-  ``__all__`` of its own a module page (its docstring and a table of contents)
-  plus one page per name in that ``__all__``. ``index.rst`` lists them all.
-  Pure: it imports the package and returns text; :func:`write_api_pages`
-  writes it.
+  ``__all__`` of its own a module page (its docstring and a table of its
+  names) plus one page per name in that ``__all__``. ``index.rst`` tables
+  them all. Pure: it imports the package and returns text;
+  :func:`write_api_pages` writes it.
   """
   root = importlib.import_module(package)
   pages: dict[str, str] = {}
   top: list[str] = []
-  modules: list[str] = []
+  modules: dict[str, list[str]] = {}
   for name in _public_names(root):
     obj = getattr(root, name)
     qualname = f"{package}.{name}"
     if isinstance(obj, types.ModuleType):
-      modules.append(qualname)
       pages[f"{qualname}.rst"] = _module_page(qualname, obj)
+      modules[qualname] = []
       for sub in _public_names(obj):
         subname = f"{qualname}.{sub}"
+        modules[qualname].append(subname)
         pages[f"{subname}.rst"] = _object_page(subname, getattr(obj, sub))
     else:
       top.append(qualname)
       pages[f"{qualname}.rst"] = _object_page(qualname, obj)
 
-  def toc(caption: str, entries: list[str]) -> str:
-    lines = "\n".join(f"   {e}" for e in entries)
-    return f".. toctree::\n   :caption: {caption}\n   :maxdepth: 1\n\n{lines}\n"
+  def section(title: str, text: str) -> str:
+    return f"{title}\n{'-' * len(title)}\n\n{text}"
 
   index = [
     _title("API reference"),
     f"Every public name of ``{package}``, generated from its ``__all__`` (and "
     "its submodules' ``__all__``) at build time.\n",
-    toc(package, top),
+    section(package, _summary(top)),
   ]
-  index += [toc(m, [m]) for m in modules]
+  for module, names in modules.items():
+    index.append(section(module, _summary([module, *names])))
+  index.append(_toctree([*top, *modules]))
   pages["index.rst"] = "\n".join(index)
   return pages
 
