@@ -1,6 +1,7 @@
 """Sphinx configuration of the optax_rms documentation site.
 
-Build (from the repository root):
+Build (from the repository root; add ``-E`` to rebuild after a docstring
+change, which Sphinx's cache does not see):
 
   pip install -e ".[docs]" && python -m sphinx -W -b html docs docs/_build/html
 
@@ -12,13 +13,13 @@ importing it, as tests/test_docs_conf.py does, writes nothing):
   ``sharding``) one page per name in that module's ``__all__``; they are
   written to ``docs/api/`` (generated, git-ignored). A name added to an
   ``__all__`` appears on the site without an edit here.
-- **Pages that live outside docs/.** ``benchmarks/README.md``, its
-  ``RESULTS*.md`` and their PNGs are copied to ``docs/benchmarks/`` and the
-  notebook ``examples/rmsprop_variants.ipynb`` to ``docs/examples/``
-  (generated, git-ignored), so that the relative links between those pages
-  keep working as they do on GitHub. Links from them to files that are not
-  pages (``../examples/*.py``, ``docs/numerics.md`` from the repository root)
-  are rewritten in :func:`_fix_links`.
+- **Pages that live outside docs/.** ``README.md`` is copied to
+  ``docs/readme.md``, every Markdown file under ``benchmarks/`` to
+  ``docs/benchmarks/`` and the notebook ``examples/rmsprop_variants.ipynb`` to
+  ``docs/examples/`` (generated, git-ignored). :func:`_fix_links` rewrites
+  their relative links (and, through ``source-read``, those of docs/'s own
+  pages) so that they land where they did on GitHub: on the copied page, or
+  on a download of a file that is not a page.
 - **The notebook is executed at every build** by myst-nb (its outputs are
   stripped in git), in the notebook's folder, with the ``python3`` kernel: the
   interpreter of this environment, as in tests/test_notebook.py. A failing
@@ -54,7 +55,6 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # the optax_rms of this checkout
 
 PACKAGE = "optax_rms"
-GENERATED = ("api", "benchmarks", "examples")  # folders under docs/, git-ignored
 
 # -- Project -----------------------------------------------------------------
 
@@ -255,39 +255,53 @@ def write_api_pages(outdir: pathlib.Path = DOCS / "api") -> None:
 # -- Pages from outside docs/ ----------------------------------------------------
 
 
-# repository path -> path under docs/ of the pages copied there; RESULTS*.md
-# are globbed.
+# Copied under docs/ at build time (generated, git-ignored): the README, every
+# Markdown file under benchmarks/ (README, RESULTS*.md, notes, subfolders'
+# READMEs: index.md's toctree globs them) and the notebook.
+COPIED_FOLDERS = ("benchmarks", "examples")
+
+
 def _copies() -> dict[str, str]:
+  """Repository path -> path under docs/ of the pages copied there."""
   copies = {
     "README.md": "readme.md",
-    "benchmarks/README.md": "benchmarks/README.md",
     "examples/rmsprop_variants.ipynb": "examples/rmsprop_variants.ipynb",
   }
-  for pattern in ("RESULTS*.md",):
-    for path in sorted((ROOT / "benchmarks").glob(pattern)):
-      copies[f"benchmarks/{path.name}"] = f"benchmarks/{path.name}"
+  for path in sorted((ROOT / "benchmarks").rglob("*.md")):
+    name = path.relative_to(ROOT).as_posix()
+    copies[name] = name
   return copies
 
 
-_LINK = re.compile(r"\]\((?!https?:|#|mailto:)([^)#\s]+)(#[^)\s]*)?\)")
+_LINK = re.compile(r"\]\((?!https?:|#|mailto:|path:)([^)#\s]+)(#[^)\s]*)?\)")
 
 
 def _fix_links(text: str, src: pathlib.Path, dst: pathlib.Path) -> str:
-  """Rewrites the relative Markdown links of ``src``, copied to ``dst``.
+  """Rewrites the relative Markdown links of ``src``, read as page ``dst``.
 
-  A target that is copied too, or that lives under docs/, is made relative to
-  ``dst``; any other one is left as it is.
+  ``src`` is where the file lives in the repository, ``dst`` the page under
+  docs/ (the same file for docs/'s own pages). A target that is a page of the
+  site (copied, or under docs/; a folder stands for its README.md) is linked
+  relative to ``dst``; another Markdown file of the repository (not a page)
+  becomes a download link (myst's ``path:``); any other existing file is
+  linked by its path, which myst turns into a download; a target that does
+  not exist is left alone, for myst to report.
   """
   copies = {(ROOT / s).resolve(): DOCS / d for s, d in _copies().items()}
 
   def fix(match: re.Match[str]) -> str:
     target, anchor = match.group(1), match.group(2) or ""
     resolved = (src.parent / target).resolve()
+    if resolved.is_dir() and resolved / "README.md" in copies:
+      resolved = resolved / "README.md"
+    prefix = ""
     if resolved in copies:
       resolved = copies[resolved]
-    elif not (resolved.is_relative_to(DOCS) and resolved.exists()):
+    elif not resolved.exists():
       return match.group(0)
-    return f"]({os.path.relpath(resolved, dst.parent)}{anchor})"
+    elif resolved.suffix in (".md", ".ipynb") and not resolved.is_relative_to(DOCS):
+      prefix = "path:"
+    return f"]({prefix}{os.path.relpath(resolved, dst.parent)}{anchor})"
 
   return _LINK.sub(fix, text)
 
@@ -295,12 +309,11 @@ def _fix_links(text: str, src: pathlib.Path, dst: pathlib.Path) -> str:
 def copy_outside_pages() -> None:
   """Copies the README, the benchmark pages and the notebook under docs/."""
   copies = _copies()
-  for folder in {pathlib.PurePosixPath(d).parent for d in copies.values()}:
-    if folder.name:  # the generated folders: drop files no longer copied
-      (DOCS / folder).mkdir(parents=True, exist_ok=True)
-      for stale in (DOCS / folder).iterdir():
-        if stale.is_file() and f"{folder}/{stale.name}" not in copies.values():
-          stale.unlink()
+  for folder in COPIED_FOLDERS:  # drop files no longer copied
+    for stale in sorted((DOCS / folder).rglob("*"), reverse=True):
+      name = stale.relative_to(DOCS).as_posix()
+      if stale.is_file() and name not in copies.values():
+        stale.unlink()
   for src_name, dst_name in copies.items():
     src, dst = ROOT / src_name, DOCS / dst_name
     data = src.read_bytes()
@@ -309,8 +322,17 @@ def copy_outside_pages() -> None:
       if src.name.startswith("RESULTS"):  # one title for all: say which file
         text = re.sub(r"\A# (.*)", rf"# \1 ({src.name})", text, count=1)
       data = text.encode()
+    dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.exists() or dst.read_bytes() != data:  # keep Sphinx's cache
       dst.write_bytes(data)
+
+
+def _fix_own_links(app: Any, docname: str, source: list[str]) -> None:
+  """docs/'s own Markdown pages: their links into the repository, as above."""
+  path = DOCS / f"{docname}.md"
+  own = not any(docname.startswith(f"{f}/") for f in (*COPIED_FOLDERS, "api"))
+  if own and docname != "readme" and path.exists():
+    source[0] = _fix_links(source[0], path, path)
 
 
 # An API page is one object: no "Contents" column, more width for its math.
@@ -377,6 +399,7 @@ def _copy_mathjax(app: Any, exception: Exception | None) -> None:
 def setup(app: Any) -> dict[str, Any]:
   _mathjax_files()  # fail early, with the install command, if it is missing
   app.connect("builder-inited", _on_builder_inited)
+  app.connect("source-read", _fix_own_links)
   app.connect("autodoc-process-signature", _plain_aliases)
   app.connect("build-finished", _copy_mathjax)
   return {"parallel_read_safe": True}

@@ -105,3 +105,19 @@ def test_copied_pages_keep_their_links(conf):
   assert conf._fix_links(text, bench, docs / "benchmarks" / "README.md") == (
     "[a](RESULTS_H200.md) [b](../porting.md) [c](../readme.md)"
   )
+  # Not pages: a Markdown file becomes a download (myst's path:), another file
+  # is linked by its path (myst makes it a download); a folder with a README
+  # stands for it; a missing target is left for myst to report under -W.
+  text = "[a](CHANGELOG.md) [b](examples/quickstart.py) [c](benchmarks/) [d](no.md)"
+  assert conf._fix_links(text, readme, docs / "readme.md") == (
+    "[a](path:../CHANGELOG.md) [b](../examples/quickstart.py) "
+    "[c](benchmarks/README.md) [d](no.md)"
+  )
+  # docs/'s own pages are rewritten in place (the source-read hook).
+  numerics = docs / "numerics.md"
+  text = (
+    "[a](../benchmarks/RESULTS.md#x) [b](porting.md) [c](../examples/quickstart.py)"
+  )
+  assert conf._fix_links(text, numerics, numerics) == (
+    "[a](benchmarks/RESULTS.md#x) [b](porting.md) [c](../examples/quickstart.py)"
+  )
