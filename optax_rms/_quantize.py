@@ -281,14 +281,13 @@ def update(
   and `dtypes` each buffer's storage form and dtype. Returns what `math`
   returns, the stored buffers and the 8-bit ones' scales.
 
-  With every buffer in a float form, each is stored as
-  ``new_value.astype(dtype)`` and `math` continues with the unrounded value,
-  so float state computes exactly what optax does. With an 8-bit buffer,
-  `math` continues with every buffer *as stored* (the decoded codes, the
-  rounded float): the step reads the state it leaves behind. That is what
-  lets XLA update a leaf without a float32 copy of it: the new buffers are
-  written over the old ones and what follows (the step, the parameter update
-  fused into it) reads only them. On a leaf of more than ``CHUNK`` elements
+  `math` continues with every buffer *as stored*: the decoded codes, or the
+  float buffer in its own dtype (for state as wide as the computation, as
+  optax's, that is the exact value: the same numbers as optax). The step
+  reads the state it leaves behind, and that is what lets XLA update a leaf
+  without a float32 copy of it: the new buffers are written over the old
+  ones and what follows (the step, the parameter update fused into it) reads
+  only them. On a leaf of more than ``CHUNK`` elements
   this runs chunk by chunk in a loop (a block's maximum is needed before its
   codes), since a reduction's input would otherwise be kept whole in memory
   (XLA:CPU fuses into a reduction only plain arithmetic, not decoding or the
@@ -296,14 +295,6 @@ def update(
   """
   stored: dict[str, jax.Array] = {}
   scales: dict[str, jax.Array] = {}
-  if all(form == "float" for form in forms.values()):
-
-    def store_exact(k, value):
-      stored[k] = value.astype(dtypes[k])
-      return value
-
-    return math(elements, blocks, segments, store_exact), stored, scales
-
   def store_whole(k, value):
     stored[k], scale = encode(forms[k], value, dtypes[k], count, STREAMS[k], segments)
     if scale is not None:
@@ -311,7 +302,8 @@ def update(
     return decode(forms[k], stored[k], scale, segments).astype(value.dtype)
 
   size = sum(_sizes(segments))
-  if len(segments) != 1 or size <= CHUNK:
+  eight_bit = any(form != "float" for form in forms.values())
+  if not eight_bit or len(segments) != 1 or size <= CHUNK:
     return math(elements, blocks, segments, store_whole), stored, scales
 
   # A loop over chunks, each buffer (and 8-bit scales) carried and written

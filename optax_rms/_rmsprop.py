@@ -679,10 +679,22 @@ def rmsprop(
     mu_dtype: dtype of :math:`\mu` (centered); default as ``nu_dtype``.
     momentum_dtype: dtype of the momentum buffer; default the parameter's.
     nu_quantization: ``"8bit"`` stores :math:`\nu` blockwise in 8 bits
-      (uint8 log-domain codes plus one float32 maximum per block of 256:
-      1.016 bytes per parameter instead of 4), dequantized inside the update
-      and requantized with stochastic rounding; see ``optax_rms._quantize``
-      and ``docs/numerics.md`` for its accuracy. ``None``: not quantized.
+      (uint8 codes of a small float relative to each block's maximum, plus
+      that maximum in float32 per block of 256: 1.016 bytes per parameter
+      instead of 4), rounded stochastically (unbiased); with ``centered``
+      it stores the variance :math:`\nu - |\mu|^2` itself (its exact
+      recurrence), which 8-bit codes of :math:`\nu` and :math:`\mu` could
+      not resolve where the mean dominates. See ``optax_rms._quantize`` and
+      ``docs/numerics.md`` for its accuracy. ``None``: not quantized.
+    mu_quantization: ``"8bit"`` stores :math:`\mu` (``centered``) in signed
+      8-bit blockwise codes (sign and a 7-bit float, as FP8 E4M3, per block
+      maximum), 1.016 bytes per parameter.
+    momentum_quantization: ``"8bit"``: the momentum buffer in the same signed
+      codes. With any buffer in 8 bits, the step reads every buffer as stored
+      (the decoded codes), so that no float32 copy of a leaf is kept at the
+      peak of the update; a buffer never shares a block with another
+      parameter (also under ``pack_small``), and a non-finite element leaves
+      its block's scale and neighbours alone.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is one
