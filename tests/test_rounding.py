@@ -681,3 +681,27 @@ def test_least_squares_nearest_stalls_where_kahan_and_stochastic_do_not():
   for name in ("kahan", "stochastic"):
     progress = (out["initial"][0] - out[name][0]) / (out["initial"][0] - f32)
     assert progress > 0.9, (name, progress)
+
+
+def test_digits_example_trains_bfloat16_parameters_with_each_rounding(tmp_path):
+  """examples/train_digits.py --param-dtype bfloat16 --rounding ...: a few
+  steps on a slice of the data, the parameters stay bfloat16 and the loss
+  goes down with each rounding."""
+  import runpy
+
+  examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+  digits = runpy.run_path(str(examples / "train_digits.py"))
+  data = digits["load_data"]()
+  small = {k: v[:64] if k.endswith("train") else v[:32] for k, v in data.items()}
+  for rounding in digits["ROUNDINGS"]:
+    result = digits["train"](
+      epochs=2,
+      out=tmp_path,
+      data=small,
+      progress=False,
+      param_dtype="bfloat16",
+      rounding=rounding,
+    )
+    assert {jnp.dtype(p.dtype) for p in jax.tree.leaves(result.params)} == {BF16}
+    losses = result.history["train_loss"]
+    assert all(map(np.isfinite, losses)) and losses[-1] < losses[0], rounding
