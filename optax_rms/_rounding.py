@@ -207,10 +207,12 @@ def kahan_summation(
   scalar zero (no buffer). ``update`` needs ``params``. Put this wrapper
   outermost (around ``optax.chain(...)``, ``pack_small(...)``,
   ``optax.inject_hyperparams(...)``): what comes after it would change the
-  update it made exact. A skipped step (zero inner updates, e.g.
-  ``optax.apply_if_finite`` inside) leaves :math:`p` and :math:`c` as they
-  are: :math:`|c| \le` half an ulp of :math:`p`, so :math:`\operatorname{rnd}
-  (p + c) = p`.
+  update it made exact. ``optax.apply_if_finite(kahan_summation(tx))``
+  skips a step without touching :math:`p` or :math:`c`. A zero inner update
+  (``apply_if_finite`` inside) leaves them as they are wherever the last step
+  landed exactly (then :math:`|c| \le` half an ulp of :math:`p`, so
+  :math:`\operatorname{rnd}(p + c) = p`); after an inexact landing it applies
+  the carried difference.
 
   Args:
     inner: the transformation whose updates are compensated.
