@@ -477,12 +477,13 @@ def test_vmap_matches_each_problem_alone(wrap):
   params = stack(problems)
   state = jax.vmap(tx.init)(params)
   grads = [[_grads(p, t + 10 * i) for t in range(3)] for i, p in enumerate(problems)]
+  batched, single = jax.jit(jax.vmap(step)), jax.jit(step)
   for t in range(3):
-    params, state = jax.jit(jax.vmap(step))(params, state, stack([g[t] for g in grads]))
+    params, state = batched(params, state, stack([g[t] for g in grads]))
   for i, p in enumerate(problems):
     s = tx.init(p)
     for g in grads[i]:
-      p, s = jax.jit(step)(p, s, g)
+      p, s = single(p, s, g)
     member = lambda tree, i=i: jax.tree.map(lambda leaf: leaf[i], tree)
     _assert_trees_bits_equal(member(params), p)
     _assert_trees_bits_equal(member(state), s)
