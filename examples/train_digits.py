@@ -85,6 +85,15 @@ VARIANTS: dict[str, tuple[Callable[[float], optax.GradientTransformation], float
 }
 
 
+# --rounding: how bfloat16 parameters (--param-dtype bfloat16) take their
+# updates (float32 parameters pass through every wrapper untouched).
+ROUNDINGS: dict[str, Callable[..., optax.GradientTransformation]] = {
+  "nearest": lambda tx, seed: tx,  # optax.apply_updates' own rounding
+  "kahan": lambda tx, seed: optax_rms.kahan_summation(tx),
+  "stochastic": lambda tx, seed: optax_rms.stochastic_rounding(tx, seed=seed),
+}
+
+
 def make_optimizer(
   variant: str, learning_rate: float | None = None
 ) -> optax.GradientTransformation:
@@ -145,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     default=None,
     help="default: 0 (with --resume: the checkpoint's)",
   )
+  parser.add_argument(
+    "--param-dtype", choices=["float32", "bfloat16"], default="float32"
+  )
+  parser.add_argument(
+    "--rounding",
+    choices=list(ROUNDINGS),
+    default="nearest",
+    help="how bfloat16 parameters take their updates (default: nearest)",
+  )
   return parser
 
 
@@ -153,6 +171,7 @@ if __name__ == "__main__":
   # once instead of after the seconds that importing jax, flax and optax take.
   ARGS = build_parser().parse_args()
 
+import jax
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -363,6 +382,8 @@ def train(
   batch_size: int | None = None,
   data: dict[str, np.ndarray] | None = None,
   progress: bool = True,
+  param_dtype: str = "float32",
+  rounding: str = "nearest",
 ) -> TrainResult:
   """Trains CNN on the digits for ``epochs`` epochs (in all, when resuming).
 
@@ -381,6 +402,9 @@ def train(
     batch_size: examples per step; None: BATCH_SIZE.
     data: ``load_data()``'s dict (loaded if None).
     progress: show a tqdm bar per epoch.
+    param_dtype: "float32" or "bfloat16" (the parameters are stored in it;
+      the layers compute in float32, and the gradients come in its dtype).
+    rounding: a key of ROUNDINGS: "nearest", "kahan" or "stochastic".
   """
   out = default_out(variant) if out is None else pathlib.Path(out)
   data = load_data() if data is None else data
@@ -399,9 +423,10 @@ def train(
   variant, seed, batch_size = config["variant"], config["seed"], config["batch_size"]
 
   model = CNN(rngs=nnx.Rngs(seed))
-  optimizer = nnx.Optimizer(
-    model, make_optimizer(variant, config["learning_rate"]), wrt=nnx.Param
-  )
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(lambda p: p.astype(param_dtype), params))
+  tx = ROUNDINGS[rounding](make_optimizer(variant, config["learning_rate"]), seed)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   metrics = nnx.MultiMetric(
     accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss")
   )
@@ -523,6 +548,8 @@ def run(args: argparse.Namespace) -> TrainResult:
     checkpoint_every=args.checkpoint_every,
     resume=args.resume,
     seed=args.seed,
+    param_dtype=args.param_dtype,
+    rounding=args.rounding,
   )
   seconds = time.perf_counter() - start
   plot = out / PLOT_NAME

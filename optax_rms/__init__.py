@@ -13,21 +13,29 @@ from optax_rms._pack import pack_small as pack_small
 from optax_rms._rmsprop import RMSPropState as RMSPropState
 from optax_rms._rmsprop import rmsprop as rmsprop
 from optax_rms._rmsprop import scale_by_rms as scale_by_rms
+from optax_rms._rounding import KahanSummationState as KahanSummationState
+from optax_rms._rounding import StochasticRoundingState as StochasticRoundingState
+from optax_rms._rounding import kahan_summation as kahan_summation
+from optax_rms._rounding import stochastic_rounding as stochastic_rounding
 
 __version__ = "0.1.0"
 
 __all__ = [
   "EmaParamsState",
   "HostOffloadState",
+  "KahanSummationState",
   "PackedLeaves",
   "RMSPropState",
+  "StochasticRoundingState",
   "compat",
   "ema_params",
   "from_optax_rmsprop_state",
   "get_ema_params",
   "host_offload",
+  "kahan_summation",
   "pack_small",
   "rmsprop",
   "scale_by_rms",
   "sharding",
+  "stochastic_rounding",
 ]

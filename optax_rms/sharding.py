@@ -320,8 +320,11 @@ def _map_packed_state(
     if isinstance(x, PackedLeaves) or jax.tree.structure(x) != params_def:
       return False
     leaves = jax.tree.leaves(x)
+    # A scalar stands for a leaf without a buffer (kahan_summation's
+    # compensation of a float32 leaf); per_leaf replicates it.
     return bool(leaves) and all(
-      getattr(a, "shape", None) == p.shape for a, p in zip(leaves, params, strict=True)
+      getattr(a, "shape", None) in (p.shape, ())
+      for a, p in zip(leaves, params, strict=True)
     )
 
   def node(x: Any) -> Any:

@@ -1,0 +1,400 @@
+r"""Updates of bfloat16 / float16 parameters that do not round away.
+
+A bfloat16 parameter holds 8 significant bits: an update smaller than half
+its unit in the last place (:math:`2^{-9}` relative) is lost entirely when
+``optax.apply_updates`` rounds ``p + u`` back to bfloat16. Late in training
+RMSprop's steps are of the order of the learning rate, far below that, and
+training stalls. Zamirai et al. 2020 ("Revisiting BFloat16 Training",
+arXiv:2010.06192) recover float32 quality with either of two fixes, both here
+as wrappers around any optax transformation:
+
+- :func:`kahan_summation` keeps what each rounding lost in a compensation
+  buffer of the parameter's dtype (Kahan 1965) and adds it back next step.
+- :func:`stochastic_rounding` rounds ``p + u`` up or down at random, with
+  the probabilities that make the rounding unbiased; no per-parameter state.
+
+Both compute in float32 and return, for each narrow leaf, the difference
+between the new and the old parameter, chosen so that ``optax.apply_updates``
+lands on the new parameter exactly (see :func:`kahan_summation` for when that
+holds). Every rounding that matters is written with
+``jax.lax.reduce_precision`` (bfloat16) or behind ``jax.lax.optimization_barrier``
+(float16): XLA may drop a ``convert(convert(x, bf16), f32)`` pair under jit
+("excess precision", jax-ml/jax#23007, openxla/xla#41605), which would silently
+turn the compensation into zero.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+# The dtypes whose leaves get a compensation buffer / a stochastic rounding.
+_NARROW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+_BITS = {jnp.dtype(jnp.bfloat16): jnp.uint16, jnp.dtype(jnp.float16): jnp.uint16}
+
+
+class KahanSummationState(NamedTuple):
+  """State of :func:`kahan_summation`.
+
+  Attributes:
+    inner_state: the wrapped transformation's state.
+    compensation: a tree shaped like the parameters: for each bfloat16 /
+      float16 leaf, what the last rounding of that parameter lost (an array of
+      the parameter's shape and dtype); for every other leaf a scalar zero of
+      the leaf's dtype (its compensation is identically zero; a scalar keeps
+      the tree shaped like the parameters for ``optax.tree_map_params`` and
+      ``optax_rms.sharding``, and orbax refuses zero-size arrays).
+  """
+
+  inner_state: optax.OptState
+  compensation: optax.Updates
+
+
+class StochasticRoundingState(NamedTuple):
+  """State of :func:`stochastic_rounding`.
+
+  Attributes:
+    inner_state: the wrapped transformation's state.
+    count: int32 scalar, the number of updates taken; with the seed and the
+      leaf's index it picks the random bits of each step.
+  """
+
+  inner_state: optax.OptState
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
+
+
+def _check_inner(name: str, inner: Any) -> optax.GradientTransformationExtraArgs:
+  methods = (getattr(inner, "init", None), getattr(inner, "update", None))
+  if not all(map(callable, methods)):
+    raise TypeError(
+      f"{name}: inner must be an optax.GradientTransformation (with init and "
+      f"update), got {type(inner).__name__}: {inner!r}."
+    )
+  return optax.with_extra_args_support(inner)
+
+
+def _is_narrow(dtype: Any, name: str = "", path: Any = ()) -> bool:
+  """True for bfloat16 / float16; refuses other floats narrower than float32."""
+  dtype = jnp.dtype(dtype)
+  if dtype in _NARROW:
+    return True
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+    raise TypeError(
+      f"{name}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype "
+      f"{dtype}; only bfloat16 and float16 parameters (and float32 / float64 "
+      "ones, passed through) are supported."
+    )
+  return False
+
+
+def _round(x: jax.Array, dtype: Any) -> jax.Array:
+  """``x`` (float32) rounded to nearest-even in ``dtype``, as float32.
+
+  Written so that XLA cannot elide the rounding (module docstring): for
+  bfloat16 ``reduce_precision``, which equals ``x.astype(bfloat16)`` on every
+  float32 input, subnormals included (tests/test_rounding.py checks); for
+  float16 a cast behind an optimization barrier (``reduce_precision`` flushes
+  float16's subnormals to zero, the cast does not). Wide dtypes: ``x``.
+  """
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.bfloat16:
+    return lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
+  if dtype == jnp.float16:
+    return lax.optimization_barrier(x.astype(dtype)).astype(jnp.float32)
+  return x
+
+
+def _exact(u: jax.Array) -> jax.Array:
+  """The inner update ``u`` as float32, at the precision of its own dtype.
+
+  Under jit XLA may keep the inner transformation's last arithmetic in
+  float32 instead of rounding it to ``u``'s dtype (the elided convert pair of
+  the module docstring), and whether it does depends on fusion: rounding it
+  here makes the result the same in every compilation (sharded or not,
+  eager or jitted).
+  """
+  return _round(u.astype(jnp.float32), u.dtype)
+
+
+def _stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
+  """``x`` (float32) rounded at random to one of its two neighbours in
+  ``dtype``, as float32, unbiased: E[result] = x exactly.
+
+  ``r`` is the nearest value of ``dtype`` and ``other`` the neighbour on the
+  other side of ``x`` (one step of the bit pattern: sign-magnitude, so +1 is
+  away from zero, subnormals included). ``other`` is taken with probability
+  ``f = |x - r| / |other - r|``: both differences are exact in float32
+  (Sterbenz), the denominator is a power of two, so ``f`` is exact; it is
+  compared with 32 uniform random bits as ``bits < f * 2**32``, an integer
+  (``f`` has at most 24 significant bits and is at most 1/2), so the
+  probability is ``f`` exactly.
+  """
+  dtype = jnp.dtype(dtype)
+  r = _round(x, dtype)
+  away = jnp.abs(r) < jnp.abs(x)
+  code = lax.bitcast_convert_type(r.astype(dtype), _BITS[dtype])
+  code = jnp.where(away, code + 1, code - 1).astype(_BITS[dtype])
+  other = lax.bitcast_convert_type(code, dtype).astype(jnp.float32)
+  frac = jnp.abs(x - r) / jnp.abs(other - r)
+  # r == x (frac 0 or 0/0), r infinite or nan, other infinite: keep r.
+  frac = jnp.where(jnp.isfinite(frac), frac, 0.0)
+  threshold = (frac * 2.0**32).astype(jnp.uint32)
+  bits = jax.random.bits(key, x.shape, jnp.uint32)
+  return jnp.where(bits < threshold, other, r)
+
+
+def _flat(name: str, updates: Any, params: Any, *others: Any) -> tuple[Any, list]:
+  treedef: Any  # jax's stubs omit PyTreeDef.flatten_up_to (it exists)
+  if params is None:
+    raise ValueError(
+      f"{name}: update needs the parameters: call tx.update(updates, state, "
+      "params). The update it returns is the difference between the rounded "
+      "new parameter and the old one, so it cannot be formed without them."
+    )
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  rest = [treedef.flatten_up_to(t) for t in (updates, *others)]
+  return treedef, [flat, *rest]
+
+
+def kahan_summation(
+  inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Kahan-compensated updates of bfloat16 / float16 parameters.
+
+  For each parameter leaf of a dtype narrower than float32 (bfloat16,
+  float16) a compensation buffer :math:`c` of the parameter's dtype (2 bytes
+  per bfloat16 parameter) keeps what the last rounding of that parameter
+  lost. With :math:`u` the inner transformation's update, all arithmetic in
+  float32 and :math:`\operatorname{rnd}` the rounding to nearest in the
+  parameter's dtype:
+
+  .. math::
+    x = p + (u + c),\qquad p' = \operatorname{rnd}(x),\qquad
+    \Delta = p' - p,\qquad c' = \operatorname{rnd}(x - p')
+
+  and :math:`\Delta` is returned (in the dtype of :math:`u`), so that
+  ``optax.apply_updates(p, Δ)`` — which computes ``(p + Δ).astype(p.dtype)``
+  — gives :math:`p'`. This is Kahan's compensated summation (Kahan 1965,
+  "Further remarks on reducing truncation errors", Comm. ACM 8(1):40) of the
+  parameter's updates, as in Zamirai et al. 2020 ("Revisiting BFloat16
+  Training", arXiv:2010.06192): the pair :math:`(p, c)` carries about twice
+  the dtype's significant bits, so steps far below half an ulp of
+  :math:`p` accumulate in :math:`c` until they move :math:`p`.
+
+  **When the parameter lands exactly on** :math:`p'`: whenever
+  :math:`p' - p` is representable in the dtype of :math:`u`. By Sterbenz's
+  lemma it is when :math:`p'` and :math:`p` have the same sign and
+  :math:`p/2 \le p' \le 2p` — every step of a small learning rate except
+  those that cross zero — and when either is zero. A float32 update (float32
+  gradients of bfloat16 parameters) is exact far more widely: in every case
+  but :math:`|p'| < 2^{-15}|p|`. Otherwise (a parameter jumping across zero,
+  or by more than a factor two) :math:`\Delta` is rounded and the parameter
+  lands on a neighbour of :math:`p'`; :math:`c'` is then computed from where
+  it lands, :math:`c' = \operatorname{rnd}(x - \operatorname{rnd}(p +
+  \Delta))`, so nothing is lost: the difference is carried to the next step.
+  The updates keep the inner updates' dtype, so ``optax.apply_if_finite``,
+  ``optax.MultiSteps`` and ``lax.cond`` around this wrapper see the dtypes
+  they expect.
+
+  float32, float64 (and complex) leaves pass through untouched: their
+  updates are the inner transformation's, and their compensation is a
+  scalar zero (no buffer). ``update`` needs ``params``. Put this wrapper
+  outermost (around ``optax.chain(...)``, ``pack_small(...)``,
+  ``optax.inject_hyperparams(...)``): what comes after it would change the
+  update it made exact. ``optax.apply_if_finite(kahan_summation(tx))``
+  skips a step without touching :math:`p` or :math:`c`. A zero inner update
+  (``apply_if_finite`` inside) leaves them as they are wherever the last step
+  landed exactly (then :math:`|c| \le` half an ulp of :math:`p`, so
+  :math:`\operatorname{rnd}(p + c) = p`); after an inexact landing it applies
+  the carried difference.
+
+  Args:
+    inner: the transformation whose updates are compensated.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with a
+    :class:`KahanSummationState`; extra arguments are passed to ``inner``.
+
+  Raises:
+    TypeError: ``inner`` is not a transformation; at ``init``, a parameter of
+      a float8 (or other sub-16-bit) dtype.
+
+  Examples:
+    Steps of 1e-3 on bfloat16 weights at 1.0 (half an ulp there is 3.9e-3)
+    are all lost with plain rounding; with the compensation they add up:
+
+    >>> import jax.numpy as jnp, optax, optax_rms
+    >>> def train(tx, steps=100):
+    ...   params = jnp.ones(3, jnp.bfloat16)
+    ...   state = tx.init(params)
+    ...   for _ in range(steps):
+    ...     grads = jnp.full(3, -1.0, jnp.bfloat16)
+    ...     updates, state = tx.update(grads, state, params)
+    ...     params = optax.apply_updates(params, updates)
+    ...   return params
+    >>> print(f"{float(train(optax.sgd(1e-3))[0]):.4f}")
+    1.0000
+    >>> print(f"{float(train(optax_rms.kahan_summation(optax.sgd(1e-3)))[0]):.4f}")
+    1.1016
+  """
+  name = "kahan_summation"
+  inner = _check_inner(name, inner)
+
+  def init_fn(params: optax.Params) -> KahanSummationState:
+    def zeros(path, p):
+      if _is_narrow(p.dtype, name, path):
+        return jnp.zeros_like(p, dtype=p.dtype)
+      return jnp.zeros((), p.dtype)
+
+    return KahanSummationState(
+      inner_state=inner.init(params),
+      compensation=jax.tree_util.tree_map_with_path(zeros, params),
+    )
+
+  def leaf(p: jax.Array, u: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    p32 = p.astype(jnp.float32)
+    x = p32 + (_exact(u) + c.astype(jnp.float32))
+    new = _round(x, p.dtype)
+    delta = _round(new - p32, u.dtype)
+    # Where optax.apply_updates will land: (p + delta) in float32 (p's dtype
+    # when u's is p's: XLA computes it in float32 and rounds once, the same
+    # value), rounded to p's dtype.
+    landed = _round(p32 + delta, p.dtype)
+    return delta.astype(u.dtype), (x - landed).astype(p.dtype)
+
+  def update_fn(
+    updates: optax.Updates,
+    state: KahanSummationState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, KahanSummationState]:
+    _flat(name, updates, params)  # the params check, before the inner update
+    inner_updates, inner_state = inner.update(
+      updates, state.inner_state, params, **extra_args
+    )
+    treedef, (flat, us, cs) = _flat(name, inner_updates, params, state.compensation)
+    new_us, new_cs = [], []
+    for (path, p), u, c in zip(flat, us, cs, strict=True):
+      if _is_narrow(p.dtype, name, path):
+        u, c = leaf(p, u, c)
+      new_us.append(u)
+      new_cs.append(c)
+    return treedef.unflatten(new_us), KahanSummationState(
+      inner_state=inner_state, compensation=treedef.unflatten(new_cs)
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def stochastic_rounding(
+  inner: optax.GradientTransformation,
+  seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Stochastically rounded updates of bfloat16 / float16 parameters.
+
+  For each parameter leaf of a dtype narrower than float32 (bfloat16,
+  float16), with :math:`u` the inner transformation's update and
+  :math:`x = p + u` computed in float32, the new parameter is one of the two
+  neighbours :math:`x_\downarrow \le x \le x_\uparrow` in the parameter's
+  dtype, drawn independently per element:
+
+  .. math::
+    p' = \begin{cases} x_\uparrow & \text{with probability }
+    (x - x_\downarrow) / (x_\uparrow - x_\downarrow) \\
+    x_\downarrow & \text{otherwise} \end{cases}
+    \qquad\text{so}\qquad \mathbb{E}[p'] = x
+
+  exactly (the probability is compared with 32 random bits as an integer,
+  with no rounding). A step far below half an ulp still moves the parameter
+  by a whole ulp now and then, as often as makes it right on average
+  (Gupta et al. 2015, "Deep Learning with Limited Numerical Precision";
+  Zamirai et al. 2020, "Revisiting BFloat16 Training", arXiv:2010.06192).
+  The difference :math:`p' - p` is returned, in the dtype of :math:`u`, so
+  that ``optax.apply_updates`` lands on :math:`p'` (exactly under the
+  conditions given in :func:`kahan_summation`; elsewhere, on its nearest
+  neighbour).
+
+  The random bits come from ``seed``, the number of updates taken (the
+  state's ``count``) and the leaf's index in the tree
+  (``fold_in(fold_in(key(seed), count), index)``): runs are reproducible,
+  every replica of a data-parallel step draws the same bits (so replicas do
+  not drift), a sharded leaf draws the bits of the unsharded one, and no key
+  is threaded by the user. No per-parameter state: only the step counter.
+  float32, float64 (and complex) leaves pass through untouched. ``update``
+  needs ``params``. Put this wrapper outermost, as :func:`kahan_summation`.
+
+  Args:
+    inner: the transformation whose updates are rounded stochastically.
+    seed: an int in ``[0, 2**32)``: the random stream.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with a
+    :class:`StochasticRoundingState`; extra arguments are passed to
+    ``inner``.
+
+  Raises:
+    TypeError: ``inner`` is not a transformation or ``seed`` not an int; at
+      ``init``, a parameter of a float8 (or other sub-16-bit) dtype.
+    ValueError: ``seed`` out of range.
+
+  Examples:
+    Steps of 1e-3 on 1000 bfloat16 weights at 1.0: each moves by a whole
+    ulp (2^-7) with probability 1e-3 / 2^-7, so on average by 1e-3 per step:
+
+    >>> import jax.numpy as jnp, optax, optax_rms
+    >>> tx = optax_rms.stochastic_rounding(optax.sgd(1e-3), seed=0)
+    >>> params = jnp.ones(1000, jnp.bfloat16)
+    >>> state = tx.init(params)
+    >>> for _ in range(100):
+    ...   grads = jnp.full(1000, -1.0, jnp.float32)  # a float32 step: exactly 1e-3
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(f"{float(params.astype(jnp.float32).mean()):.2f}")  # 1 + 100 * 1e-3
+    1.10
+  """
+  name = "stochastic_rounding"
+  inner = _check_inner(name, inner)
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+    raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}.")
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
+  seed = int(seed)
+
+  def init_fn(params: optax.Params) -> StochasticRoundingState:
+    for path, p in jax.tree_util.tree_leaves_with_path(params):
+      _is_narrow(p.dtype, name, path)
+    return StochasticRoundingState(
+      inner_state=inner.init(params), count=jnp.zeros([], jnp.int32)
+    )
+
+  def update_fn(
+    updates: optax.Updates,
+    state: StochasticRoundingState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, StochasticRoundingState]:
+    _flat(name, updates, params)
+    inner_updates, inner_state = inner.update(
+      updates, state.inner_state, params, **extra_args
+    )
+    treedef, (flat, us) = _flat(name, inner_updates, params)
+    step_key = jax.random.fold_in(jax.random.key(seed), state.count)
+    new_us = []
+    for index, ((path, p), u) in enumerate(zip(flat, us, strict=True)):
+      if _is_narrow(p.dtype, name, path):
+        p32 = p.astype(jnp.float32)
+        key = jax.random.fold_in(step_key, index)
+        new = _stochastic_round(p32 + _exact(u), p.dtype, key)
+        u = _round(new - p32, u.dtype).astype(u.dtype)
+      new_us.append(u)
+    return treedef.unflatten(new_us), StochasticRoundingState(
+      inner_state=inner_state, count=optax.safe_increment(state.count)
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
