@@ -7,8 +7,6 @@ the package (the framework presets included) only maps arguments onto
 :func:`rmsprop`.
 """
 
-from __future__ import annotations
-
 import functools
 import math
 from collections.abc import Callable
@@ -88,6 +86,40 @@ def _buffer_dtype(
   return requested
 
 
+def _state_dtype(
+  field: str,
+  param_dtype: Any,
+  *,
+  nu_dtype: jnp.dtype | None,
+  mu_dtype: jnp.dtype | None,
+  momentum_dtype: jnp.dtype | None,
+  quantize_nu: bool,
+) -> jnp.dtype:
+  """The dtype init gives state field `field` for a parameter of `param_dtype`.
+
+  The one place that says which dtype each buffer is stored in: update checks
+  a restored state against it (see _checks.check_state_dtypes).
+  """
+  if field == "nu":
+    if quantize_nu:
+      return jnp.dtype(jnp.uint8)
+    return _statistic_dtype(param_dtype, nu_dtype)
+  if field == "nu_scale":
+    return jnp.dtype(jnp.float32)
+  if field == "mu":
+    return _buffer_dtype(param_dtype, mu_dtype, statistic=True)
+  if field == "momentum":
+    return _buffer_dtype(param_dtype, momentum_dtype)
+  raise ValueError(f"unknown state field {field!r}")
+
+
+def _math_dtype(stored: Any) -> jnp.dtype:
+  """The real dtype a stored buffer enters the math in (8-bit codes: float32)."""
+  if not jnp.issubdtype(stored, jnp.inexact):
+    return jnp.dtype(jnp.float32)
+  return jnp.dtype(jnp.finfo(stored).dtype)
+
+
 class _Static(NamedTuple):
   """The configuration that shapes the update's graph (hashable, jit-static)."""
 
@@ -108,6 +140,10 @@ class _Static(NamedTuple):
   # Hyperparameters given as Python numbers, baked into the computation as
   # constants: see _apply.
   constants: tuple[tuple[str, float], ...] = ()
+  # The requested state dtypes (None: the default), for _state_dtype.
+  nu_dtype: jnp.dtype | None = None
+  mu_dtype: jnp.dtype | None = None
+  momentum_dtype: jnp.dtype | None = None
 
 
 @functools.partial(jax.jit, static_argnames=("static",))
@@ -135,6 +171,24 @@ def _apply(
   # Trees and shapes are static: checked here, while tracing, so an eager
   # call pays for it once per signature (a mismatch is a new signature).
   _checks.check_state_matches(static.name, updates, state)
+  _checks.check_count(static.name, state.count)
+  _checks.check_gradients_inexact(static.name, updates)
+  _checks.check_state_dtypes(
+    static.name,
+    state,
+    # The buffers' dtypes follow the parameters' (here only with weight
+    # decay), else the gradients'.
+    updates if params is None else params,
+    lambda dtype, field: _state_dtype(
+      field,
+      dtype,
+      nu_dtype=static.nu_dtype,
+      mu_dtype=static.mu_dtype,
+      momentum_dtype=static.momentum_dtype,
+      quantize_nu=static.quantize_nu,
+    ),
+    ("nu", "nu_scale", "mu", "momentum"),
+  )
   # Any: jax's stubs omit PyTreeDef.flatten_up_to / num_leaves (they exist).
   treedef: Any = jax.tree.structure(updates)
   n_leaves = treedef.num_leaves
@@ -316,8 +370,40 @@ def _transformation(
   )
   hyper = {k: v for k, v in hyper.items() if k not in dict(constants)}
 
+  def state_dtype(field: str, param_dtype: Any) -> jnp.dtype:
+    return _state_dtype(
+      field,
+      param_dtype,
+      nu_dtype=nu_dtype,
+      mu_dtype=mu_dtype,
+      momentum_dtype=momentum_dtype,
+      quantize_nu=quantize_nu,
+    )
+
+  fields = ["nu"] + ["mu"] * centered + ["momentum"] * (momentum is not None)
+
+  def check_eps(params: optax.Params) -> None:
+    """eps must be a normal number in each leaf's compute dtype (see leaf)."""
+    seen = set()
+    for leaf in jax.tree.leaves(params):
+      param_dtype = jnp.dtype(leaf.dtype)
+      if param_dtype in seen:
+        continue
+      seen.add(param_dtype)
+      compute = functools.reduce(
+        jnp.promote_types,
+        [_math_dtype(param_dtype)]
+        + [_math_dtype(state_dtype(f, param_dtype)) for f in fields],
+      )
+      _checks.check_eps_normal(
+        name, eps, compute, where=f"the update of a {param_dtype} parameter runs in"
+      )
+
   def init_fn(params: optax.Params) -> RMSPropState:
+    # Python numbers as leaves are accepted, as optax does ({'w': 3.0}).
+    params = _checks.python_scalars_as_arrays(params)
     _checks.check_params_inexact(name, params)
+    check_eps(params)
 
     def nu_init(p):
       if quantize_nu:  # every element equals its block's maximum: code 255
@@ -352,6 +438,7 @@ def _transformation(
     **extra_args: Any,
   ) -> tuple[optax.Updates, RMSPropState]:
     del extra_args
+    _checks.check_state_type(name, state, RMSPropState)
     _checks.check_state(
       name,
       state,
@@ -367,6 +454,7 @@ def _transformation(
           f"{name}: weight_decay needs the parameters; call "
           "update(grads, state, params)."
         )
+      _checks.check_params_match(name, updates, params)
       mask = _checks.resolve_mask(weight_decay_mask, params)
       flags = tuple(mask) if mask is not None else (True,) * treedef.num_leaves
     else:
@@ -387,6 +475,9 @@ def _transformation(
       maximize=maximize,
       quantize_nu=quantize_nu,
       constants=constants,
+      nu_dtype=nu_dtype,
+      mu_dtype=mu_dtype,
+      momentum_dtype=momentum_dtype,
     )
     steps, new_state = _apply(updates, state, params, hyper, static=static)
     if static.has_momentum:
@@ -398,6 +489,7 @@ def _transformation(
 
 
 def _validate_core(
+  name: str,
   decay: Any,
   eps: Any,
   initial_scale: Any,
@@ -409,6 +501,12 @@ def _validate_core(
   # eps == 0 divides by zero wherever nu is 0 (a gradient element that has been
   # zero so far, or a constant gradient when centered): 0 * inf = NaN.
   _checks.check_range("eps", eps, low=0.0, low_open=True)
+  # ... and so does an eps that rounds to 0 (or to a subnormal, flushed to 0)
+  # in the step's dtype: checked here against the widest dtype a step can run
+  # in, and per parameter dtype at init (float16 state: 6.1e-5).
+  _checks.check_eps_normal(
+    name, eps, _checks.smallest_normal_bound(), where="an update can run in at best"
+  )
   _checks.check_range("initial_scale", initial_scale, low=0.0)
   _checks.check_bool("eps_in_sqrt", eps_in_sqrt)
   _checks.check_bool("centered", centered)
@@ -463,7 +561,15 @@ def scale_by_rms(
     >>> print([f"{u:.4f}" for u in updates])
     ['1.4142', '1.4142']
   """
-  _validate_core(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction)
+  _validate_core(
+    "optax_rms.scale_by_rms",
+    decay,
+    eps,
+    initial_scale,
+    eps_in_sqrt,
+    centered,
+    bias_correction,
+  )
   init_fn, update_fn = _transformation(
     learning_rate=None,
     decay=decay,
@@ -627,7 +733,15 @@ def rmsprop(
     >>> bool(jnp.allclose(params, ref, rtol=2e-6, atol=5e-7))  # float32 rounding
     True
   """
-  _validate_core(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction)
+  _validate_core(
+    "optax_rms.rmsprop",
+    decay,
+    eps,
+    initial_scale,
+    eps_in_sqrt,
+    centered,
+    bias_correction,
+  )
   _checks.check_scalar_or_schedule("learning_rate", learning_rate)
   if momentum is not None:
     _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
