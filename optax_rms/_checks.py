@@ -106,6 +106,53 @@ def check_scalar_or_schedule(name: str, value: Any, *, low: float = 0.0) -> None
   check_range(name, value, low=low)
 
 
+# Allowed ranges checked at run time by checkify_hyperparams: (low, high,
+# low_open, high_open), as at construction.
+_RANGES = {
+  "learning_rate": (0.0, math.inf, False, False),
+  "weight_decay": (0.0, math.inf, False, False),
+  "decay": (0.0, 1.0, False, True),
+  "eps": (0.0, math.inf, True, False),
+  "momentum": (0.0, 1.0, False, True),
+}
+
+
+def checkify_hyperparams(
+  count: Any, values: dict[str, Any], *, constants: dict[str, float]
+) -> None:
+  """`jax.experimental.checkify` checks of hyperparameters at step `count`.
+
+  For `rmsprop(..., check_hyperparams=True)`: each value not known when the
+  optimizer was built (a schedule's value at this step, an array from
+  `inject_hyperparams`' state) must be finite and in its range, or the
+  checkified step reports the name, the value and the step. Python numbers
+  (`constants`, checked at construction) and None (switched off) are skipped.
+  The step must run under `checkify.checkify`.
+  """
+  from jax.experimental import checkify
+
+  for name, value in values.items():
+    if value is None or name in constants:
+      continue
+    low, high, low_open, high_open = _RANGES[name]
+    x = jnp.asarray(value, jnp.float32)
+    ok = jnp.isfinite(x) & ((x > low) if low_open else (x >= low))
+    if math.isfinite(high):
+      ok &= (x < high) if high_open else (x <= high)
+    allowed = (
+      f"{'>' if low_open else '>='} {low:g}"
+      if math.isinf(high)
+      else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    )
+    checkify.check(
+      ok,
+      f"optax_rms.rmsprop: {name} must be a finite number {allowed}, got {{}} at "
+      "step {} (0-based).",
+      x,
+      count,
+    )
+
+
 def check_bool(name: str, value: Any) -> None:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}.")

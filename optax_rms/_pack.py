@@ -10,7 +10,6 @@ saves, and XLA compiles one concatenation of a thousand operands slowly.
 leaves. The numbers are those of the inner transformation, leaf for leaf.
 """
 
-from __future__ import annotations
 
 import functools
 import math

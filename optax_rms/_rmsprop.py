@@ -7,8 +7,10 @@ the package (the framework presets included) only maps arguments onto
 :func:`rmsprop`.
 """
 
+import collections
 import functools
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -140,13 +142,15 @@ class _Static(NamedTuple):
   # Hyperparameters given as Python numbers, baked into the computation as
   # constants: see _apply.
   constants: tuple[tuple[str, float], ...] = ()
+  # check_hyperparams=True: checkify checks of the values not checked at
+  # construction (schedules, arrays from inject_hyperparams), at every step.
+  check_hyperparams: bool = False
   # The requested state dtypes (None: the default), for _state_dtype.
   nu_dtype: jnp.dtype | None = None
   mu_dtype: jnp.dtype | None = None
   momentum_dtype: jnp.dtype | None = None
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
 def _apply(
   updates: optax.Updates,
   state: RMSPropState,
@@ -156,11 +160,13 @@ def _apply(
 ) -> tuple[list[Any], RMSPropState]:
   """One RMSprop step over a whole tree: the only place the math lives.
 
-  Jitted at module level, so that an eager call is one dispatch instead of ~15
-  per leaf and eager and jitted calls compile the same program. Python-number
-  hyperparameters are static (``static.constants``); array hyperparameters
-  are arguments, so optimizers rebuilt every step with new arrays (as
-  ``optax.inject_hyperparams`` does) reuse the compiled step.
+  Run jitted, through :func:`_step_function` (one compiled step per
+  configuration, kept in a bounded cache), so that an eager call is one
+  dispatch instead of ~15 per leaf and eager and jitted calls compile the
+  same program. Python-number hyperparameters are static
+  (``static.constants``); array hyperparameters are arguments, so optimizers
+  rebuilt every step with new arrays (as ``optax.inject_hyperparams`` does)
+  reuse the compiled step.
   """
   # Hyperparameters that are Python numbers are compile-time constants here,
   # as they are when a caller jits a step that calls update: both calls then
@@ -208,6 +214,18 @@ def _apply(
     wd = static.weight_decay_schedule(count)
   else:
     wd = hyper["weight_decay"]
+  if static.check_hyperparams:
+    _checks.checkify_hyperparams(
+      count,
+      {
+        "learning_rate": lr if static.has_learning_rate else None,
+        "weight_decay": wd if static.weight_decay_mode is not None else None,
+        "decay": decay,
+        "eps": eps,
+        "momentum": momentum if static.has_momentum else None,
+      },
+      constants=dict(static.constants),
+    )
   coupled_wd = static.weight_decay_mode == "coupled"
   decoupled_wd = static.weight_decay_mode == "decoupled"
   # As optax.tree.bias_correction: computed in float32 (decay**count can
@@ -323,6 +341,43 @@ def _apply(
   return list(steps), new_state
 
 
+# Compiled steps, one per configuration (_Static, constants included), least
+# recently used first. Python-number hyperparameters are compile-time
+# constants of the step (see _apply): that is what makes an eager update equal
+# the same update inside the user's jit bit for bit (benchmarks/eager_cache.md
+# measures both), and it costs one compile per distinct value. The cache is
+# bounded so that a sweep over many values (or many schedule objects, which
+# are keys by identity) does not hold every compiled step, and the closures
+# in their keys, for the life of the process: the oldest is dropped, with its
+# compiled executable. CACHE_SIZE is far above the number of configurations
+# one program updates in turn (one per optimizer, or per multi_transform
+# label); more than that, updated round-robin in eager mode, would recompile.
+CACHE_SIZE = 64
+_compiled: collections.OrderedDict[_Static, Callable[..., Any]] = (
+  collections.OrderedDict()
+)
+_compiled_lock = threading.Lock()
+
+
+def _step_function(static: _Static) -> Callable[..., Any]:
+  """The jitted step of configuration `static`, from the bounded cache."""
+  with _compiled_lock:
+    fn = _compiled.get(static)
+    if fn is not None:
+      _compiled.move_to_end(static)
+      return fn
+    fn = jax.jit(functools.partial(_apply, static=static))
+    _compiled[static] = fn
+    while len(_compiled) > CACHE_SIZE:
+      _compiled.popitem(last=False)
+    return fn
+
+
+def _cache_size() -> int:
+  """How many compiled-step configurations the cache holds (for tests)."""
+  return len(_compiled)
+
+
 def _transformation(
   *,
   learning_rate: ScalarOrSchedule | None,
@@ -344,6 +399,7 @@ def _transformation(
   momentum_dtype: jnp.dtype | None,
   quantize_nu: bool,
   name: str,
+  check_hyperparams: bool = False,
 ) -> tuple[Callable[..., RMSPropState], Callable[..., Any]]:
   """Builds (init_fn, update_fn) for the validated configuration.
 
@@ -475,11 +531,12 @@ def _transformation(
       maximize=maximize,
       quantize_nu=quantize_nu,
       constants=constants,
+      check_hyperparams=check_hyperparams,
       nu_dtype=nu_dtype,
       mu_dtype=mu_dtype,
       momentum_dtype=momentum_dtype,
     )
-    steps, new_state = _apply(updates, state, params, hyper, static=static)
+    steps, new_state = _step_function(static)(updates, state, params, hyper)
     if static.has_momentum:
       moms = treedef.flatten_up_to(new_state.momentum)
       steps = [m if s is None else s for s, m in zip(steps, moms, strict=True)]
@@ -614,6 +671,7 @@ def rmsprop(
   mu_dtype: Any | None = None,
   momentum_dtype: Any | None = None,
   nu_quantization: Literal["8bit"] | None = None,
+  check_hyperparams: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
 
@@ -755,6 +813,7 @@ def rmsprop(
   _checks.check_choice("weight_decay_mode", weight_decay_mode, ("coupled", "decoupled"))
   _checks.check_bool("lr_in_momentum", lr_in_momentum)
   _checks.check_bool("maximize", maximize)
+  _checks.check_bool("check_hyperparams", check_hyperparams)
   if nu_quantization is not None:
     _checks.check_choice("nu_quantization", nu_quantization, ("8bit",))
     if nu_dtype is not None:
@@ -784,5 +843,6 @@ def rmsprop(
     ),
     quantize_nu=nu_quantization is not None,
     name="optax_rms.rmsprop",
+    check_hyperparams=bool(check_hyperparams),
   )
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

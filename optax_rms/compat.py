@@ -16,7 +16,6 @@ preset needs no pre/post-processing it returns the bare ``rmsprop`` (one flat
 The differences between the frameworks are tabulated in ``docs/porting.md``.
 """
 
-from __future__ import annotations
 
 from typing import Any
 
