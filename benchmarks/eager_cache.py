@@ -42,7 +42,9 @@ STEPS = 30
 
 def _params(dtype):
   keys = jax.random.split(jax.random.PRNGKey(0), len(SHAPES))
-  return [jax.random.normal(k, s).astype(dtype) for k, s in zip(keys, SHAPES)]
+  return [
+    jax.random.normal(k, s).astype(dtype) for k, s in zip(keys, SHAPES, strict=True)
+  ]
 
 
 def _grads(params, t):
@@ -109,7 +111,7 @@ def _run(tx, params, jit: bool, as_args: bool):
       g = _grads(params, t)
       u, state = update(g, state, params)
       outs.append((u, state))
-      params = [p + d for p, d in zip(params, u)]
+      params = [p + d for p, d in zip(params, u, strict=True)]
   finally:
     _rmsprop._step_function = real
   return outs
@@ -119,11 +121,11 @@ def _differ(a, b) -> tuple[int, int, int | None]:
   """Differing elements, all elements, and the first step with a difference."""
   bad = total = 0
   first = None
-  for t, (step_a, step_b) in enumerate(zip(a, b)):
+  for t, (step_a, step_b) in enumerate(zip(a, b, strict=True)):
     la, lb = jax.tree.leaves(step_a), jax.tree.leaves(step_b)
     n = sum(
       int(np.sum(np.asarray(x, np.float64) != np.asarray(y, np.float64)))
-      for x, y in zip(la, lb)
+      for x, y in zip(la, lb, strict=True)
     )
     if n and first is None:
       first = t + 1
@@ -163,6 +165,24 @@ def main() -> None:
   )
   cost()
   buys()
+  print("## Reading\n")
+  print(
+    "A new Python-number hyperparameter costs one compile of the step (the "
+    "first row), held afterwards by optax_rms's cache, which keeps at most "
+    "`optax_rms._rmsprop.CACHE_SIZE` configurations and drops the least "
+    "recently used (with its compiled executable and the schedule objects in "
+    "its key). Passing the numbers as arguments instead would avoid the "
+    "recompiles but loses what the constants buy: in float32 the eager update "
+    "then differs from the same update inside `jax.jit` from the first step "
+    "on. One reason is plain arithmetic: with constants, `1 - decay` is "
+    "computed in Python (float64, then rounded once), as optax computes "
+    "it; as float32 arguments `1 - 0.9` is 0.100000024, not "
+    "float32(0.1). (bfloat16 parameters here keep bfloat16 state whose "
+    "rounding hides such differences.) So the constants stay baked and the "
+    "cache is bounded. Sweeping many learning rates without recompiling: pass "
+    "them as arrays (`learning_rate=jnp.asarray(lr)`) or through "
+    "`optax.inject_hyperparams`, at the price of that bit-identity.\n"
+  )
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ def smallest_normal_bound() -> np.dtype:
   optimizer is built; bfloat16 has float32's exponent range, so with x64 off
   this is also the bound for every bfloat16 computation.
   """
-  return np.dtype("float64" if jax.config.jax_enable_x64 else "float32")
+  return np.dtype("float64" if jax.config.read("jax_enable_x64") else "float32")
 
 
 def check_eps_normal(what: str, eps: Any, dtype: Any, *, where: str) -> None:

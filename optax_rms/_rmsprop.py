@@ -580,30 +580,29 @@ def scale_by_rms(
   centered: bool = False,
   nu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
-  r"""Rescales updates by the root of the EMA of their squares.
+  """Rescales updates by the root of the EMA of their squares.
 
-  The RMSprop statistic without the learning rate: for each parameter,
+  The RMSprop statistic without the learning rate (no sign flip): for each
+  parameter, with gradient ``g``::
 
-  .. math::
-    \nu_t = \rho\,\nu_{t-1} + (1-\rho)\,|g_t|^2, \qquad
-    u_t = \frac{g_t}{\sqrt{\hat\nu_t + \epsilon}}
-    \;\text{(or } \frac{g_t}{\sqrt{\hat\nu_t} + \epsilon}
-    \text{ with } \texttt{eps\_in\_sqrt=False}),
+    nu = decay * nu + (1 - decay) * |g|**2
+    u  = g / sqrt(nu_hat + eps)        (eps_in_sqrt=False: g / (sqrt(nu_hat) + eps))
 
-  where :math:`\hat\nu_t = \nu_t / (1-\rho^t)` with ``bias_correction`` and
-  :math:`\nu_t` otherwise. With ``centered=True`` the EMA of the gradients
-  :math:`\mu_t` is kept too and :math:`\hat\nu_t - |\hat\mu_t|^2` (clamped at
-  0) replaces :math:`\hat\nu_t` (Graves 2013, eq. 38-45). Same numbers as
-  ``optax.scale_by_rms`` / ``optax.scale_by_stddev``, with one flat state.
+  where ``nu_hat = nu / (1 - decay**t)`` with ``bias_correction`` and ``nu``
+  otherwise. With ``centered=True`` the EMA of the gradients ``mu`` is kept
+  too and ``max(nu_hat - |mu_hat|**2, 0)`` replaces ``nu_hat`` (Graves 2013,
+  eq. 38-45). Same numbers as ``optax.scale_by_rms`` /
+  ``optax.scale_by_stddev``, with one flat state.
 
   Args:
-    decay: :math:`\rho`, the EMA decay, in [0, 1).
-    eps: :math:`\epsilon` > 0, added inside or outside the square root.
-    initial_scale: initial value of :math:`\nu` (>= 0).
+    decay: the EMA decay, in [0, 1).
+    eps: > 0, added inside or outside the square root; at least the smallest
+      normal number of the step's dtype (see :func:`rmsprop`).
+    initial_scale: initial value of ``nu`` (>= 0).
     eps_in_sqrt: whether ``eps`` goes inside the square root.
-    bias_correction: divide the EMAs by :math:`1-\rho^t`.
+    bias_correction: divide the EMAs by ``1 - decay**t``.
     centered: subtract the squared mean gradient (see above).
-    nu_dtype: dtype of :math:`\nu`; default the parameter's (real) dtype.
+    nu_dtype: dtype of ``nu``; default the parameter's (real) dtype.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is :class:`RMSPropState`.
@@ -673,46 +672,45 @@ def rmsprop(
   nu_quantization: Literal["8bit"] | None = None,
   check_hyperparams: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
+  """RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
 
-  The positional arguments are those of ``optax.rmsprop`` (same order and
-  defaults) and give the same numbers; the keyword-only ones reproduce the
-  other frameworks' variants. Per parameter, at step :math:`t` (0-based
-  :math:`\eta_t` = ``learning_rate(t)``, :math:`\lambda_t` =
-  ``weight_decay(t)``, :math:`\rho` = ``decay``, :math:`\beta` =
-  ``momentum``):
+  Divides each gradient by the root of a running average of its recent
+  squares, then scales it by the learning rate. The positional arguments are
+  those of ``optax.rmsprop`` (same order and defaults) and give the same
+  numbers (bit for bit when both are jitted; see README, "same numbers"); the
+  keyword-only ones reproduce the other frameworks' variants.
 
-  .. math::
-    g &\leftarrow \pm g_t \quad(\text{minus with } \texttt{maximize})\\
-    g &\leftarrow g + \lambda_t\,\theta
-      \quad(\texttt{weight\_decay\_mode="coupled"}, \text{L2})\\
-    \nu_t &= \rho\,\nu_{t-1} + (1-\rho)\,|g|^2, \qquad
-    \mu_t = \rho\,\mu_{t-1} + (1-\rho)\,g \quad(\texttt{centered})\\
-    v &= \hat\nu_t \;\text{ or }\; \max(\hat\nu_t - |\hat\mu_t|^2, 0)
-      \quad(\texttt{centered}),\qquad
-    \hat x = x / (1-\rho^{t+1}) \text{ with } \texttt{bias\_correction}\\
-    u &= g / \sqrt{v + \epsilon}
-      \quad\text{or}\quad g / (\sqrt{v} + \epsilon)
-      \quad(\texttt{eps\_in\_sqrt=False})\\
-    \text{no momentum:}\quad s &= -\eta_t u\\
-    \texttt{lr\_in\_momentum=True:}\quad b_t &= \beta b_{t-1} - \eta_t u,
-      \quad s = b_t \;\;(\text{Nesterov: } s = -\eta_t u + \beta b_t)\\
-    \texttt{lr\_in\_momentum=False:}\quad b_t &= \beta b_{t-1} + u,
-      \quad s = -\eta_t b_t \;\;(\text{Nesterov: } s = -\eta_t(u + \beta b_t))\\
-    s &\leftarrow s - \eta_t \lambda_t\,\theta
-      \quad(\texttt{weight\_decay\_mode="decoupled"})
+  Per parameter ``p`` with gradient ``g``, at step ``t`` (0-based), with
+  ``lr = learning_rate(t)``, ``wd = weight_decay(t)`` and the state's ``nu``,
+  ``mu``, ``b`` (momentum buffer)::
 
-  and the returned update is :math:`s` (apply it with ``optax.apply_updates``).
+    g  = -g                                  if maximize
+    g  = g + wd * p                          weight_decay_mode="coupled" (L2)
+    nu = decay * nu + (1 - decay) * |g|**2
+    mu = decay * mu + (1 - decay) * g        centered
+    v  = nu_hat                              not centered
+    v  = max(nu_hat - |mu_hat|**2, 0)        centered
+         x_hat = x / (1 - decay**(t+1)) with bias_correction, else x
+    u  = g / sqrt(v + eps)                   eps_in_sqrt=True
+    u  = g / (sqrt(v) + eps)                 eps_in_sqrt=False
+    s  = -lr * u                             no momentum
+    b  = momentum * b - lr * u;  s = b       lr_in_momentum=True (optax, Keras, TF1)
+         Nesterov: s = -lr * u + momentum * b
+    b  = momentum * b + u;  s = -lr * b      lr_in_momentum=False (PyTorch)
+         Nesterov: s = -lr * (u + momentum * b)
+    s  = s - lr * wd * p                     weight_decay_mode="decoupled"
+
+  and the returned update is ``s`` (apply it with ``optax.apply_updates``).
   Both momentum placements agree for a constant learning rate; with a schedule
   the buffer of ``lr_in_momentum=True`` (optax, Keras, TF1) carries the old
   rates while PyTorch (``False``) rescales the whole buffer by today's.
 
   ``centered=True`` with ``bias_correction=True`` and ``initial_scale=0``:
-  after one step the variance estimate :math:`\hat\nu_1 - |\hat\mu_1|^2` of a
-  single sample is exactly 0, so the first update is :math:`-\eta g /
-  \sqrt{\epsilon}` (``lr / sqrt(eps)`` times the gradient), and in floating
-  point it is the difference of two equal numbers, so its rounding decides the
-  step (optax returns NaN where it rounds negative; here it is clamped to 0).
+  after one step the variance estimate ``nu_hat - |mu_hat|**2`` of a single
+  sample is exactly 0, so the first update is ``-lr * g / sqrt(eps)``, and in
+  floating point it is the difference of two equal numbers, so its rounding
+  decides the step (optax returns NaN where it rounds negative; here it is
+  clamped to 0).
   Prefer ``initial_scale > 0`` or no bias correction with ``centered``.
 
   Non-finite gradients propagate, as in optax: a NaN or inf gradient makes the
@@ -721,19 +719,23 @@ def rmsprop(
   keep the state clean.
 
   Args:
-    learning_rate: :math:`\eta`, a non-negative number or an ``optax.Schedule``
+    learning_rate: ``lr``, a non-negative number or an ``optax.Schedule``
       of the 0-based step.
-    decay: :math:`\rho` in [0, 1).
-    eps: :math:`\epsilon` > 0. Zero is refused: it divides by zero wherever
-      :math:`v = 0` (a gradient element that has been zero so far), and
-      0 * inf is NaN. A tiny value (``1e-30``) is nearly scale-invariant.
-    initial_scale: initial :math:`\nu` (>= 0; TF1 uses 1).
+    decay: the EMA decay, in [0, 1).
+    eps: > 0. Zero is refused: it divides by zero wherever ``v = 0`` (a
+      gradient element that has been zero so far), and 0 * inf is NaN. So is
+      a value below the smallest normal number of the dtype the step runs in
+      (it rounds to 0 there): below float32's 1.18e-38 when the optimizer is
+      built, below float16's 6.1e-5 at ``init`` for float16 parameters with
+      ``nu_dtype="float16"``. A tiny value (``1e-30``) is nearly
+      scale-invariant.
+    initial_scale: initial ``nu`` (>= 0; TF1 uses 1).
     eps_in_sqrt: whether ``eps`` goes inside the square root.
     centered: use the centered second moment (Graves 2013, eq. 38-45).
-    momentum: :math:`\beta` in [0, 1), or ``None`` for no momentum buffer.
+    momentum: in [0, 1), or ``None`` for no momentum buffer.
     nesterov: Nesterov momentum (needs ``momentum``).
-    bias_correction: debias the EMAs by :math:`1-\rho^{t+1}`.
-    weight_decay: :math:`\lambda` >= 0, a number or schedule; ``None`` or 0 is
+    bias_correction: debias the EMAs by ``1 - decay**(t+1)``.
+    weight_decay: ``wd`` >= 0, a number or schedule; ``None`` or 0 is
       off.
     weight_decay_mask: which parameters decay: a pytree of bools (or a prefix
       of the params tree), or a function of the params returning one, as in
@@ -746,18 +748,26 @@ def rmsprop(
       enters the momentum buffer (optax, Keras, TF1) or the buffer afterwards
       (PyTorch).
     maximize: ascend the objective instead of descending it.
-    nu_dtype: dtype of :math:`\nu` (a real floating dtype); default the
+    nu_dtype: dtype of ``nu`` (a real floating dtype); default the
       parameter's real dtype (as optax), except float32 for float16
       parameters, whose range cannot hold squared gradients (they overflow
       above 256 and underflow below ~2.4e-4). Statistics are computed in the
       wider of the gradient's and the state's dtype and stored in the state's.
-    mu_dtype: dtype of :math:`\mu` (centered); default as ``nu_dtype``.
+    mu_dtype: dtype of ``mu`` (centered); default as ``nu_dtype``.
     momentum_dtype: dtype of the momentum buffer; default the parameter's.
-    nu_quantization: ``"8bit"`` stores :math:`\nu` blockwise in 8 bits
+    nu_quantization: ``"8bit"`` stores ``nu`` blockwise in 8 bits
       (uint8 log-domain codes plus one float32 maximum per block of 256:
       1.016 bytes per parameter instead of 4), dequantized inside the update
       and requantized with stochastic rounding; see ``optax_rms._quantize``
       and ``docs/numerics.md`` for its accuracy. ``None``: not quantized.
+
+    check_hyperparams: check, at every step, the hyperparameters not known
+      when the optimizer is built (a schedule's value at that step, values
+      set in ``optax.inject_hyperparams``' state): each must be finite and in
+      its range, or the step reports its name, value and step through
+      ``jax.experimental.checkify`` (run the step under
+      ``checkify.checkify``; plain ``jit`` refuses it). Off by default, and
+      then the step holds no check at all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is one
@@ -766,8 +776,12 @@ def rmsprop(
   Raises:
     ValueError: a hyperparameter outside its range (the message names it and
       the allowed range), ``nesterov`` without ``momentum``, an unknown
-      ``weight_decay_mode`` or dtype.
-    TypeError: a hyperparameter of the wrong type.
+      ``weight_decay_mode`` or dtype. Python numbers, NumPy scalars and
+      concrete jax arrays are checked; only tracers (inside ``jit``) are not.
+    TypeError: a hyperparameter of the wrong type. ``update`` raises
+      TypeError for a state that is not an :class:`RMSPropState` (a raw
+      checkpoint dict: restore it with a target), or whose buffers' dtypes
+      differ from this configuration's, naming the field and the leaf.
 
   Examples:
     >>> import jax

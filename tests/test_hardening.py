@@ -1,4 +1,4 @@
-"""Issue 14: the holes hostile input found, each with the test that fails before its fix.
+"""Issue 14: the holes hostile input found, each with a test that failed before.
 
 Every error must name the argument (or the state field and leaf), the value and
 what is allowed; every accepted input must behave as optax does.

@@ -12,7 +12,11 @@ import optax_rms
 
 BAD_VALUES = [
   # (kwargs, exception, message pattern: the argument and the allowed range)
-  (dict(learning_rate=-0.1), ValueError, r"learning_rate must be a finite number >= 0, got -0\.1"),
+  (
+    dict(learning_rate=-0.1),
+    ValueError,
+    r"learning_rate must be a finite number >= 0, got -0\.1",
+  ),
   (dict(learning_rate=float("nan")), ValueError, r"learning_rate .*finite"),
   (dict(learning_rate=float("inf")), ValueError, r"learning_rate .*finite"),
   (dict(learning_rate=lambda step: -1.0), ValueError, r"learning_rate \(schedule"),
