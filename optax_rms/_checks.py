@@ -1,10 +1,19 @@
 """Construction-time validation of hyperparameters.
 
-Everything here runs once, in Python, when an optimizer is built. Values that
-are not known yet (tracers, as `optax.inject_hyperparams` passes them inside
-`jit`) and device arrays (reading them would force a host sync, and
-`inject_hyperparams` rebuilds the optimizer on every step) are accepted
-unchecked.
+Everything here runs once, in Python, when an optimizer is built: Python
+numbers, NumPy scalars and concrete (non-traced) jax arrays are read and
+checked. Only values that are not known yet are accepted unchecked: tracers,
+as `optax.inject_hyperparams` passes them inside `jit` (reading them is
+impossible there, and would be a host sync if it were not).
+
+`optax.inject_hyperparams` used eagerly (outside `jit`) rebuilds the optimizer
+on every step from concrete arrays, so there each step reads its
+hyperparameters on the host (one small transfer per hyperparameter and step,
+and a value set out of range in its state is caught at the next step). Under
+`jit` nothing is read.
+
+The checks of a state against its optimizer (its type, its buffers' dtypes)
+also live here; `update` runs them on every call, on dtypes and shapes only.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ def _known_value(name: str, value: Any) -> float | None:
 
   Raises TypeError for things that can never be a scalar hyperparameter.
   """
-  if isinstance(value, jax.Array):  # tracer or device array: not read
+  if isinstance(value, jax.Array):
     if value.ndim != 0:
       raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}.")
-    return None
+    if isinstance(value, jax.core.Tracer) or not value.is_fully_addressable:
+      return None  # not known yet (inside jit / inject_hyperparams): not read
+    value = np.asarray(value)  # construction time: a concrete value is read
   if isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a number, got the bool {value!r}.")
   if isinstance(value, numbers.Real):
@@ -35,7 +46,7 @@ def _known_value(name: str, value: Any) -> float | None:
   if isinstance(value, np.ndarray) or isinstance(value, np.generic):
     if value.ndim != 0:
       raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}.")
-    if not np.issubdtype(value.dtype, np.number):
+    if not jnp.issubdtype(value.dtype, jnp.number):  # bfloat16 included
       raise TypeError(f"{name} must be a number, got dtype {value.dtype}.")
     return float(value)
   raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
@@ -57,16 +68,19 @@ def check_range(
   x = _known_value(name, value)
   if x is None:
     return
-  lo = "(" if low_open else "["
-  hi = ")" if high_open else "]"
-  allowed = f"{lo}{low:g}, {high:g}{hi}"
+  if math.isinf(high):  # "[0, inf]" would contradict "finite": say ">= 0"
+    allowed = f"{'>' if low_open else '>='} {low:g}"
+  else:
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    allowed = f"in {lo}{low:g}, {high:g}{hi}"
   ok = (
     math.isfinite(x)
     and (x > low if low_open else x >= low)
     and (x < high if high_open else x <= high)
   )
   if not ok:
-    raise ValueError(f"{name} must be a finite number in {allowed}, got {x!r}.")
+    raise ValueError(f"{name} must be a finite number {allowed}, got {x!r}.")
 
 
 def check_scalar_or_schedule(name: str, value: Any, *, low: float = 0.0) -> None:
@@ -102,6 +116,53 @@ def check_int(name: str, value: Any, *, low: int, allowed: str) -> int:
   return int(value)
 
 
+# Allowed ranges checked at run time by checkify_hyperparams: (low, high,
+# low_open, high_open), as at construction.
+_RANGES = {
+  "learning_rate": (0.0, math.inf, False, False),
+  "weight_decay": (0.0, math.inf, False, False),
+  "decay": (0.0, 1.0, False, True),
+  "eps": (0.0, math.inf, True, False),
+  "momentum": (0.0, 1.0, False, True),
+}
+
+
+def checkify_hyperparams(
+  count: Any, values: dict[str, Any], *, constants: dict[str, float]
+) -> None:
+  """`jax.experimental.checkify` checks of hyperparameters at step `count`.
+
+  For `rmsprop(..., check_hyperparams=True)`: each value not known when the
+  optimizer was built (a schedule's value at this step, an array from
+  `inject_hyperparams`' state) must be finite and in its range, or the
+  checkified step reports the name, the value and the step. Python numbers
+  (`constants`, checked at construction) and None (switched off) are skipped.
+  The step must run under `checkify.checkify`.
+  """
+  from jax.experimental import checkify
+
+  for name, value in values.items():
+    if value is None or name in constants:
+      continue
+    low, high, low_open, high_open = _RANGES[name]
+    x = jnp.asarray(value, jnp.float32)
+    ok = jnp.isfinite(x) & ((x > low) if low_open else (x >= low))
+    if math.isfinite(high):
+      ok &= (x < high) if high_open else (x <= high)
+    allowed = (
+      f"{'>' if low_open else '>='} {low:g}"
+      if math.isinf(high)
+      else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    )
+    checkify.check(
+      ok,
+      f"optax_rms.rmsprop: {name} must be a finite number {allowed}, got {{}} at "
+      "step {} (0-based).",
+      x,
+      count,
+    )
+
+
 def check_bool(name: str, value: Any) -> None:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}.")
@@ -112,8 +173,18 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
+# The dtypes the update's math supports: float8 and integer types have no
+# arithmetic that RMSprop's squares and square roots can run in.
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+COMPLEX_DTYPES = ("complex64", "complex128")
+
+
 def canonical_dtype(name: str, dtype: Any, *, allow_complex: bool) -> jnp.dtype | None:
-  """Returns `dtype` as a floating (or complex) `jnp.dtype`, None for None."""
+  """Returns `dtype` as a supported floating (or complex) `jnp.dtype`.
+
+  None stays None. Anything else (an unknown name, an integer, a float8 or
+  4-bit dtype) raises ValueError listing the allowed dtypes.
+  """
   if dtype is None:
     return None
   if isinstance(dtype, (jax.Array, np.ndarray)):
@@ -123,15 +194,182 @@ def canonical_dtype(name: str, dtype: Any, *, allow_complex: bool) -> jnp.dtype 
       f"{name!r} in static_args (dtype classes are callables, which "
       "inject_hyperparams takes for schedules)."
     )
+  allowed = FLOAT_DTYPES + (COMPLEX_DTYPES if allow_complex else ())
+  kind = "floating or complex" if allow_complex else "floating"
   try:
     dt = jnp.dtype(dtype)
   except TypeError as e:
-    raise ValueError(f"{name} must be a dtype, got {dtype!r} ({e}).") from None
-  kinds = (jnp.floating, jnp.complexfloating) if allow_complex else (jnp.floating,)
-  if not any(jnp.issubdtype(dt, k) for k in kinds):
-    allowed = "floating or complex" if allow_complex else "floating"
-    raise ValueError(f"{name} must be a {allowed} dtype, got {dt}.")
+    raise ValueError(
+      f"{name} must be a dtype, one of {allowed}, got {dtype!r} ({e})."
+    ) from None
+  if dt.name not in allowed:
+    raise ValueError(f"{name} must be a {kind} dtype, one of {allowed}, got {dt}.")
   return dt
+
+
+def smallest_normal_bound() -> np.dtype:
+  """The widest dtype an update can run in: float64 with x64, else float32.
+
+  eps below this dtype's smallest normal number is refused when the
+  optimizer is built; bfloat16 has float32's exponent range, so with x64 off
+  this is also the bound for every bfloat16 computation.
+  """
+  return np.dtype("float64" if jax.config.read("jax_enable_x64") else "float32")
+
+
+def check_eps_normal(what: str, eps: Any, dtype: Any, *, where: str) -> None:
+  """Raises ValueError when eps is below the smallest normal number of `dtype`.
+
+  The step adds eps to the variance (or to its square root) in `dtype`:
+  below the smallest normal number eps is subnormal or rounds to 0 there (and
+  XLA flushes subnormals to zero on CPUs and GPUs), and a zero gradient then
+  gives 0 / 0 = NaN, the very case eps > 0 prevents. `eps` not known yet
+  (a tracer) is not checked.
+  """
+  x = _known_value("eps", eps)
+  if x is None:
+    return
+  compute = jnp.result_type(dtype, eps)
+  # Weakly typed Python numbers take the state's dtype; NumPy ones their own.
+  if not jnp.issubdtype(compute, jnp.floating):
+    compute = jnp.dtype(dtype)
+  tiny = float(jnp.finfo(compute).smallest_normal)
+  if x < tiny:
+    raise ValueError(
+      f"{what}: eps={x!r} is below the smallest normal {compute} number "
+      f"({tiny:.4g}), the dtype {where}; there it rounds to 0 (or to a "
+      f"subnormal that XLA flushes to 0) and a zero gradient gives NaN. Use "
+      f"eps >= {tiny:.4g}."
+    )
+
+
+def check_state_type(what: str, state: Any, state_type: type) -> None:
+  """Raises TypeError unless `state` is a `state_type` (an RMSPropState).
+
+  A dict is what a checkpoint restored without a target gives: the message
+  says how to restore one.
+  """
+  if isinstance(state, state_type):
+    return
+  qualified = f"optax_rms.{state_type.__name__}"
+  if isinstance(state, dict):
+    raise TypeError(
+      f"{what}: expected an {qualified}, got a dict with keys "
+      f"{sorted(map(str, state))} (a checkpoint restored without a target?). "
+      "Restore with the state's structure as the target, e.g. "
+      "ckptr.restore(path, jax.eval_shape(tx.init, params)) with orbax, or "
+      f"rebuild it with {qualified}(**restored)."
+    )
+  raise TypeError(
+    f"{what}: expected an {qualified} (the state this optimizer's init "
+    f"returns), got {_type_name(state)} {_brief(state)}. Was it made by "
+    "another optimizer?"
+  )
+
+
+def _type_name(x: Any) -> str:
+  module = type(x).__module__
+  name = type(x).__qualname__
+  return name if module == "builtins" else f"{module}.{name}"
+
+
+def _brief(x: Any) -> str:
+  text = repr(x)
+  return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_count(what: str, count: Any) -> None:
+  """Raises TypeError unless state.count is an integer scalar."""
+  dtype = getattr(count, "dtype", None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(
+      f"{what}: state.count must be an int32 scalar (the step counter), got "
+      f"{'dtype ' + str(dtype) if dtype is not None else type(count).__name__}. "
+      "Re-create the state with this optimizer's init, or restore it with "
+      "that state as the target."
+    )
+  if _shape(count) != ():
+    raise ValueError(
+      f"{what}: state.count must be a scalar, got shape {_shape(count)}."
+    )
+
+
+def check_gradients_inexact(what: str, updates: Any) -> None:
+  """Raises TypeError naming the first integer or boolean gradient leaf."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(updates):
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+        f"{what}: the gradient {jax.tree_util.keystr(path)} has dtype {dtype}; "
+        "RMSprop needs floating-point (or complex) gradients."
+      )
+
+
+def check_state_dtypes(
+  what: str,
+  state: Any,
+  reference: Any,
+  expected: Callable[[Any, str], Any],
+  fields: tuple[str, ...],
+) -> None:
+  """Checks each buffer of the state has the dtype the configuration gives it.
+
+  `reference` is the tree (parameters, else gradients) whose leaves' dtypes
+  the buffers' dtypes follow; `expected(leaf_dtype, field)` is the dtype the
+  optimizer's init gives that field for such a leaf. Catches a checkpoint
+  from another configuration (bfloat16 state into a float32 optimizer, or
+  the reverse), whose dtype would otherwise persist silently.
+  """
+  ref_leaves = jax.tree.leaves(reference)
+  for field in fields:
+    tree = getattr(state, field, None)
+    if tree is None:
+      continue
+    for (path, leaf), ref in zip(
+      jax.tree_util.tree_leaves_with_path(tree), ref_leaves, strict=True
+    ):
+      stored = jnp.result_type(leaf)
+      leaf_dtype = jnp.result_type(ref)
+      wanted = jnp.dtype(expected(leaf_dtype, field))
+      if stored != wanted:
+        option = f"{field}_dtype"
+        rebuild = (
+          f"Build the optimizer with the state's dtype ({option}='{stored}'), "
+          if field in ("nu", "mu", "momentum") and stored.name in FLOAT_DTYPES
+          else ""
+        )
+        raise TypeError(
+          f"{what}: state.{field}{jax.tree_util.keystr(path)} has dtype "
+          f"{stored}, but this optimizer keeps it in {wanted} for a "
+          f"{leaf_dtype} parameter (a state saved by an optimizer of another "
+          f"configuration?). {rebuild}{'c' if rebuild else 'C'}ast the state "
+          "to this optimizer's dtypes (jax.tree.map(lambda x, t: "
+          "x.astype(t.dtype), state, tx.init(params))), or re-create it with "
+          "tx.init. (Gradients in another dtype than the parameters: give "
+          "the state dtypes explicitly.)"
+        )
+
+
+def check_params_match(what: str, updates: Any, params: Any) -> None:
+  """Raises ValueError unless `params` has the gradients' tree and shapes."""
+  treedef = jax.tree.structure(updates)
+  params_treedef = jax.tree.structure(params)
+  if treedef != params_treedef:  # type: ignore[operator]
+    raise ValueError(
+      f"{what}: weight_decay needs params with the gradients' tree; the "
+      f"params passed to update have another.\n  gradients: {treedef}\n"
+      f"  params:    {params_treedef}"
+    )
+  for (path, p), g in zip(
+    jax.tree_util.tree_leaves_with_path(params),
+    jax.tree.leaves(updates),
+    strict=True,
+  ):
+    if _shape(p) != _shape(g):
+      raise ValueError(
+        f"{what}: weight_decay: params{jax.tree_util.keystr(path)} has shape "
+        f"{_shape(p)} but its gradient has shape {_shape(g)}."
+      )
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -162,6 +400,13 @@ def check_params_inexact(what: str, params: Any) -> None:
         "RMSprop needs floating-point (or complex) parameters. Cast it, or "
         "exclude it with optax.masked / optax.multi_transform."
       )
+
+
+def python_scalars_as_arrays(params: Any) -> Any:
+  """Python-number leaves as jax arrays (as optax's init accepts them)."""
+  return jax.tree.map(
+    lambda p: jnp.asarray(p) if isinstance(p, (int, float, complex)) else p, params
+  )
 
 
 def resolve_mask(

@@ -10,7 +10,6 @@ saves, and XLA compiles one concatenation of a thousand operands slowly.
 leaves. The numbers are those of the inner transformation, leaf for leaf.
 """
 
-from __future__ import annotations
 
 import functools
 import math
@@ -58,7 +57,7 @@ class PackedLeaves:
     return ((keys("large"), self.large), (keys("small"), self.small)), self.segments
 
   @classmethod
-  def tree_unflatten(cls, segments: Any, children: Any) -> PackedLeaves:
+  def tree_unflatten(cls, segments: Any, children: Any) -> "PackedLeaves":
     large, small = children
     return cls(large, small, segments=segments)
 

@@ -7,9 +7,9 @@ the package (the framework presets included) only maps arguments onto
 :func:`rmsprop`.
 """
 
-from __future__ import annotations
-
+import collections
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -96,6 +96,41 @@ def _buffer_dtype(
   return requested
 
 
+def _state_dtype(
+  field: str,
+  param_dtype: Any,
+  *,
+  nu_dtype: jnp.dtype | None,
+  mu_dtype: jnp.dtype | None,
+  momentum_dtype: jnp.dtype | None,
+  forms: dict[str, str],
+) -> jnp.dtype:
+  """The dtype init gives state field `field` for a parameter of `param_dtype`.
+
+  The one place that says which dtype each buffer is stored in: init makes
+  the buffers in it, and update checks a restored state against it (see
+  _checks.check_state_dtypes). `forms`: each buffer's storage form.
+  """
+  if field.endswith("_scale"):  # 8-bit per-block maxima
+    return jnp.dtype(jnp.float32)
+  if forms.get(field, "float") != "float":
+    return _quantize.stored_dtype(forms[field], None)
+  if field == "nu":
+    return _statistic_dtype(param_dtype, nu_dtype)
+  if field == "mu":
+    return _buffer_dtype(param_dtype, mu_dtype, statistic=True)
+  if field == "momentum":
+    return _buffer_dtype(param_dtype, momentum_dtype)
+  raise ValueError(f"unknown state field {field!r}")
+
+
+def _math_dtype(stored: Any) -> jnp.dtype:
+  """The real dtype a stored buffer enters the math in (8-bit codes: float32)."""
+  if not jnp.issubdtype(stored, jnp.inexact):
+    return jnp.dtype(jnp.float32)
+  return jnp.dtype(jnp.finfo(stored).dtype)
+
+
 class _Static(NamedTuple):
   """The configuration that shapes the update's graph (hashable, jit-static)."""
 
@@ -121,9 +156,15 @@ class _Static(NamedTuple):
   # Hyperparameters given as Python numbers, baked into the computation as
   # constants: see _apply.
   constants: tuple[tuple[str, float], ...] = ()
+  # check_hyperparams=True: checkify checks of the values not checked at
+  # construction (schedules, arrays from inject_hyperparams), at every step.
+  check_hyperparams: bool = False
+  # The requested state dtypes (None: the default), for _state_dtype.
+  nu_dtype: jnp.dtype | None = None
+  mu_dtype: jnp.dtype | None = None
+  momentum_dtype: jnp.dtype | None = None
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
 def _apply(
   updates: optax.Updates,
   state: RMSPropState,
@@ -133,11 +174,13 @@ def _apply(
 ) -> tuple[list[Any], RMSPropState]:
   """One RMSprop step over a whole tree: the only place the math lives.
 
-  Jitted at module level, so that an eager call is one dispatch instead of ~15
-  per leaf and eager and jitted calls compile the same program. Python-number
-  hyperparameters are static (``static.constants``); array hyperparameters
-  are arguments, so optimizers rebuilt every step with new arrays (as
-  ``optax.inject_hyperparams`` does) reuse the compiled step.
+  Run jitted, through :func:`_step_function` (one compiled step per
+  configuration, kept in a bounded cache), so that an eager call is one
+  dispatch instead of ~15 per leaf and eager and jitted calls compile the
+  same program. Python-number hyperparameters are static
+  (``static.constants``); array hyperparameters are arguments, so optimizers
+  rebuilt every step with new arrays (as ``optax.inject_hyperparams`` does)
+  reuse the compiled step.
   """
   # Hyperparameters that are Python numbers are compile-time constants here,
   # as they are when a caller jits a step that calls update: both calls then
@@ -147,7 +190,30 @@ def _apply(
   hyper = {**hyper, **dict(static.constants)}
   # Trees and shapes are static: checked here, while tracing, so an eager
   # call pays for it once per signature (a mismatch is a new signature).
+  forms = {
+    "nu": static.nu_form,
+    "mu": static.mu_form,
+    "momentum": static.momentum_form,
+  }
   _checks.check_state_matches(static.name, updates, state)
+  _checks.check_count(static.name, state.count)
+  _checks.check_gradients_inexact(static.name, updates)
+  _checks.check_state_dtypes(
+    static.name,
+    state,
+    # The buffers' dtypes follow the parameters' (here only with weight
+    # decay), else the gradients'.
+    updates if params is None else params,
+    lambda dtype, field: _state_dtype(
+      field,
+      dtype,
+      nu_dtype=static.nu_dtype,
+      mu_dtype=static.mu_dtype,
+      momentum_dtype=static.momentum_dtype,
+      forms=forms,
+    ),
+    ("nu", "nu_scale", "mu", "mu_scale", "momentum", "momentum_scale"),
+  )
   # Any: jax's stubs omit PyTreeDef.flatten_up_to / num_leaves (they exist).
   treedef: Any = jax.tree.structure(updates)
   n_leaves = treedef.num_leaves
@@ -167,17 +233,23 @@ def _apply(
     wd = static.weight_decay_schedule(count)
   else:
     wd = hyper["weight_decay"]
+  if static.check_hyperparams:
+    _checks.checkify_hyperparams(
+      count,
+      {
+        "learning_rate": lr if static.has_learning_rate else None,
+        "weight_decay": wd if static.weight_decay_mode is not None else None,
+        "decay": decay,
+        "eps": eps,
+        "momentum": momentum if static.has_momentum else None,
+      },
+      constants=dict(static.constants),
+    )
   coupled_wd = static.weight_decay_mode == "coupled"
   decoupled_wd = static.weight_decay_mode == "decoupled"
   # As optax.tree.bias_correction: computed in float32 (decay**count can
   # round to 1 in low precision), divided in the moment's own dtype.
   debias = 1 - decay**count_inc if static.bias_correction else None
-
-  forms = {
-    "nu": static.nu_form,
-    "mu": static.mu_form,
-    "momentum": static.momentum_form,
-  }
 
   def leaf(index, g, nu, nu_scale, mu, mu_scale, mom, mom_scale, p, decay_this_leaf):
     out_dtype = g.dtype
@@ -191,7 +263,7 @@ def _apply(
     buffers = [k for k in ("nu", "mu", "momentum") if k in elements]
     stored_dtype = {k: elements[k].dtype for k in buffers}
 
-    def math(elements, blocks, segments, store):
+    def leaf_math(elements, blocks, segments, store):
       """One step from what is stored: see _quantize.update.
 
       Elementwise, so that it also runs on a chunk of the leaf. Each buffer
@@ -259,7 +331,7 @@ def _apply(
       return u, store("momentum", u + momentum * mom)  # PyTorch: buf = m*buf + u
 
     (u, new_mom), stored, stored_scale = _quantize.update(
-      math,
+      leaf_math,
       elements,
       blocks,
       segments,
@@ -336,6 +408,43 @@ def _apply(
   return list(steps), new_state
 
 
+# Compiled steps, one per configuration (_Static, constants included), least
+# recently used first. Python-number hyperparameters are compile-time
+# constants of the step (see _apply): that is what makes an eager update equal
+# the same update inside the user's jit bit for bit (benchmarks/eager_cache.md
+# measures both), and it costs one compile per distinct value. The cache is
+# bounded so that a sweep over many values (or many schedule objects, which
+# are keys by identity) does not hold every compiled step, and the closures
+# in their keys, for the life of the process: the oldest is dropped, with its
+# compiled executable. CACHE_SIZE is far above the number of configurations
+# one program updates in turn (one per optimizer, or per multi_transform
+# label); more than that, updated round-robin in eager mode, would recompile.
+CACHE_SIZE = 64
+_compiled: collections.OrderedDict[_Static, Callable[..., Any]] = (
+  collections.OrderedDict()
+)
+_compiled_lock = threading.Lock()
+
+
+def _step_function(static: _Static) -> Callable[..., Any]:
+  """The jitted step of configuration `static`, from the bounded cache."""
+  with _compiled_lock:
+    fn = _compiled.get(static)
+    if fn is not None:
+      _compiled.move_to_end(static)
+      return fn
+    fn = jax.jit(functools.partial(_apply, static=static))
+    _compiled[static] = fn
+    while len(_compiled) > CACHE_SIZE:
+      _compiled.popitem(last=False)
+    return fn
+
+
+def _cache_size() -> int:
+  """How many compiled-step configurations the cache holds (for tests)."""
+  return len(_compiled)
+
+
 def _transformation(
   *,
   learning_rate: ScalarOrSchedule | None,
@@ -359,6 +468,7 @@ def _transformation(
   mu_form: str,
   momentum_form: str,
   name: str,
+  check_hyperparams: bool = False,
 ) -> tuple[Callable[..., RMSPropState], Callable[..., Any]]:
   """Builds (init_fn, update_fn) for the validated configuration.
 
@@ -388,8 +498,40 @@ def _transformation(
   forms = {"nu": nu_form, "mu": mu_form, "momentum": momentum_form}
   eight_bit = any(form != "float" for form in forms.values())
 
+  def state_dtype(field: str, param_dtype: Any) -> jnp.dtype:
+    return _state_dtype(
+      field,
+      param_dtype,
+      nu_dtype=nu_dtype,
+      mu_dtype=mu_dtype,
+      momentum_dtype=momentum_dtype,
+      forms=forms,
+    )
+
+  fields = ["nu"] + ["mu"] * centered + ["momentum"] * (momentum is not None)
+
+  def check_eps(params: optax.Params) -> None:
+    """eps must be a normal number in each leaf's compute dtype (see leaf)."""
+    seen = set()
+    for leaf in jax.tree.leaves(params):
+      param_dtype = jnp.dtype(leaf.dtype)
+      if param_dtype in seen:
+        continue
+      seen.add(param_dtype)
+      compute = functools.reduce(
+        jnp.promote_types,
+        [_math_dtype(param_dtype)]
+        + [_math_dtype(state_dtype(f, param_dtype)) for f in fields],
+      )
+      _checks.check_eps_normal(
+        name, eps, compute, where=f"the update of a {param_dtype} parameter runs in"
+      )
+
   def init_fn(params: optax.Params) -> RMSPropState:
+    # Python numbers as leaves are accepted, as optax does ({'w': 3.0}).
+    params = _checks.python_scalars_as_arrays(params)
     _checks.check_params_inexact(name, params)
+    check_eps(params)
     leaves, treedef = jax.tree.flatten(params)
     segments = _quantize.leaf_segments(params) if eight_bit else [()] * len(leaves)
 
@@ -405,17 +547,13 @@ def _transformation(
 
     if forms["mu"] != "float" or forms["momentum"] != "float":
       _checks.check_params_real(name, params, "mu_quantization / momentum_quantization")
-    nu, nu_scale = buffer(
-      "nu", initial_scale, lambda dt: _statistic_dtype(dt, nu_dtype)
-    )
+    nu, nu_scale = buffer("nu", initial_scale, lambda dt: state_dtype("nu", dt))
     mu = mu_scale = momentum_buffer = momentum_scale = None
     if centered:
-      mu, mu_scale = buffer(
-        "mu", 0, lambda dt: _buffer_dtype(dt, mu_dtype, statistic=True)
-      )
+      mu, mu_scale = buffer("mu", 0, lambda dt: state_dtype("mu", dt))
     if momentum is not None:
       momentum_buffer, momentum_scale = buffer(
-        "momentum", 0, lambda dt: _buffer_dtype(dt, momentum_dtype)
+        "momentum", 0, lambda dt: state_dtype("momentum", dt)
       )
     return RMSPropState(
       count=jnp.zeros([], jnp.int32),
@@ -434,6 +572,7 @@ def _transformation(
     **extra_args: Any,
   ) -> tuple[optax.Updates, RMSPropState]:
     del extra_args
+    _checks.check_state_type(name, state, RMSPropState)
     _checks.check_state(
       name,
       state,
@@ -449,6 +588,7 @@ def _transformation(
           f"{name}: weight_decay needs the parameters; call "
           "update(grads, state, params)."
         )
+      _checks.check_params_match(name, updates, params)
       mask = _checks.resolve_mask(weight_decay_mask, params)
       flags = tuple(mask) if mask is not None else (True,) * treedef.num_leaves
     else:
@@ -472,8 +612,12 @@ def _transformation(
       momentum_form=momentum_form,
       segments=tuple(_quantize.leaf_segments(updates)) if eight_bit else (),
       constants=constants,
+      check_hyperparams=check_hyperparams,
+      nu_dtype=nu_dtype,
+      mu_dtype=mu_dtype,
+      momentum_dtype=momentum_dtype,
     )
-    steps, new_state = _apply(updates, state, params, hyper, static=static)
+    steps, new_state = _step_function(static)(updates, state, params, hyper)
     if static.has_momentum:
       moms = treedef.flatten_up_to(new_state.momentum)
       steps = [m if s is None else s for s, m in zip(steps, moms, strict=True)]
@@ -483,6 +627,7 @@ def _transformation(
 
 
 def _validate_core(
+  name: str,
   decay: Any,
   eps: Any,
   initial_scale: Any,
@@ -494,6 +639,12 @@ def _validate_core(
   # eps == 0 divides by zero wherever nu is 0 (a gradient element that has been
   # zero so far, or a constant gradient when centered): 0 * inf = NaN.
   _checks.check_range("eps", eps, low=0.0, low_open=True)
+  # ... and so does an eps that rounds to 0 (or to a subnormal, flushed to 0)
+  # in the step's dtype: checked here against the widest dtype a step can run
+  # in, and per parameter dtype at init (float16 state: 6.1e-5).
+  _checks.check_eps_normal(
+    name, eps, _checks.smallest_normal_bound(), where="an update can run in at best"
+  )
   _checks.check_range("initial_scale", initial_scale, low=0.0)
   _checks.check_bool("eps_in_sqrt", eps_in_sqrt)
   _checks.check_bool("centered", centered)
@@ -510,30 +661,29 @@ def scale_by_rms(
   centered: bool = False,
   nu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
-  r"""Rescales updates by the root of the EMA of their squares.
+  """Rescales updates by the root of the EMA of their squares.
 
-  The RMSprop statistic without the learning rate: for each parameter,
+  The RMSprop statistic without the learning rate (no sign flip): for each
+  parameter, with gradient ``g``::
 
-  .. math::
-    \nu_t = \rho\,\nu_{t-1} + (1-\rho)\,|g_t|^2, \qquad
-    u_t = \frac{g_t}{\sqrt{\hat\nu_t + \epsilon}}
-    \;\text{(or } \frac{g_t}{\sqrt{\hat\nu_t} + \epsilon}
-    \text{ with } \texttt{eps\_in\_sqrt=False}),
+    nu = decay * nu + (1 - decay) * |g|**2
+    u  = g / sqrt(nu_hat + eps)        (eps_in_sqrt=False: g / (sqrt(nu_hat) + eps))
 
-  where :math:`\hat\nu_t = \nu_t / (1-\rho^t)` with ``bias_correction`` and
-  :math:`\nu_t` otherwise. With ``centered=True`` the EMA of the gradients
-  :math:`\mu_t` is kept too and :math:`\hat\nu_t - |\hat\mu_t|^2` (clamped at
-  0) replaces :math:`\hat\nu_t` (Graves 2013, eq. 38-45). Same numbers as
-  ``optax.scale_by_rms`` / ``optax.scale_by_stddev``, with one flat state.
+  where ``nu_hat = nu / (1 - decay**t)`` with ``bias_correction`` and ``nu``
+  otherwise. With ``centered=True`` the EMA of the gradients ``mu`` is kept
+  too and ``max(nu_hat - |mu_hat|**2, 0)`` replaces ``nu_hat`` (Graves 2013,
+  eq. 38-45). Same numbers as ``optax.scale_by_rms`` /
+  ``optax.scale_by_stddev``, with one flat state.
 
   Args:
-    decay: :math:`\rho`, the EMA decay, in [0, 1).
-    eps: :math:`\epsilon` > 0, added inside or outside the square root.
-    initial_scale: initial value of :math:`\nu` (>= 0).
+    decay: the EMA decay, in [0, 1).
+    eps: > 0, added inside or outside the square root; at least the smallest
+      normal number of the step's dtype (see :func:`rmsprop`).
+    initial_scale: initial value of ``nu`` (>= 0).
     eps_in_sqrt: whether ``eps`` goes inside the square root.
-    bias_correction: divide the EMAs by :math:`1-\rho^t`.
+    bias_correction: divide the EMAs by ``1 - decay**t``.
     centered: subtract the squared mean gradient (see above).
-    nu_dtype: dtype of :math:`\nu`; default the parameter's (real) dtype.
+    nu_dtype: dtype of ``nu``; default the parameter's (real) dtype.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is :class:`RMSPropState`.
@@ -548,7 +698,15 @@ def scale_by_rms(
     >>> print([f"{u:.4f}" for u in updates])
     ['1.4142', '1.4142']
   """
-  _validate_core(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction)
+  _validate_core(
+    "optax_rms.scale_by_rms",
+    decay,
+    eps,
+    initial_scale,
+    eps_in_sqrt,
+    centered,
+    bias_correction,
+  )
   init_fn, update_fn = _transformation(
     learning_rate=None,
     decay=decay,
@@ -597,47 +755,47 @@ def rmsprop(
   nu_quantization: Literal["8bit"] | None = None,
   mu_quantization: Literal["8bit"] | None = None,
   momentum_quantization: Literal["8bit"] | None = None,
+  check_hyperparams: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
+  """RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
 
-  The positional arguments are those of ``optax.rmsprop`` (same order and
-  defaults) and give the same numbers; the keyword-only ones reproduce the
-  other frameworks' variants. Per parameter, at step :math:`t` (0-based
-  :math:`\eta_t` = ``learning_rate(t)``, :math:`\lambda_t` =
-  ``weight_decay(t)``, :math:`\rho` = ``decay``, :math:`\beta` =
-  ``momentum``):
+  Divides each gradient by the root of a running average of its recent
+  squares, then scales it by the learning rate. The positional arguments are
+  those of ``optax.rmsprop`` (same order and defaults) and give the same
+  numbers (bit for bit when both are jitted; see README, "same numbers"); the
+  keyword-only ones reproduce the other frameworks' variants.
 
-  .. math::
-    g &\leftarrow \pm g_t \quad(\text{minus with } \texttt{maximize})\\
-    g &\leftarrow g + \lambda_t\,\theta
-      \quad(\texttt{weight\_decay\_mode="coupled"}, \text{L2})\\
-    \nu_t &= \rho\,\nu_{t-1} + (1-\rho)\,|g|^2, \qquad
-    \mu_t = \rho\,\mu_{t-1} + (1-\rho)\,g \quad(\texttt{centered})\\
-    v &= \hat\nu_t \;\text{ or }\; \max(\hat\nu_t - |\hat\mu_t|^2, 0)
-      \quad(\texttt{centered}),\qquad
-    \hat x = x / (1-\rho^{t+1}) \text{ with } \texttt{bias\_correction}\\
-    u &= g / \sqrt{v + \epsilon}
-      \quad\text{or}\quad g / (\sqrt{v} + \epsilon)
-      \quad(\texttt{eps\_in\_sqrt=False})\\
-    \text{no momentum:}\quad s &= -\eta_t u\\
-    \texttt{lr\_in\_momentum=True:}\quad b_t &= \beta b_{t-1} - \eta_t u,
-      \quad s = b_t \;\;(\text{Nesterov: } s = -\eta_t u + \beta b_t)\\
-    \texttt{lr\_in\_momentum=False:}\quad b_t &= \beta b_{t-1} + u,
-      \quad s = -\eta_t b_t \;\;(\text{Nesterov: } s = -\eta_t(u + \beta b_t))\\
-    s &\leftarrow s - \eta_t \lambda_t\,\theta
-      \quad(\texttt{weight\_decay\_mode="decoupled"})
+  Per parameter ``p`` with gradient ``g``, at step ``t`` (0-based), with
+  ``lr = learning_rate(t)``, ``wd = weight_decay(t)`` and the state's ``nu``,
+  ``mu``, ``b`` (momentum buffer)::
 
-  and the returned update is :math:`s` (apply it with ``optax.apply_updates``).
+    g  = -g                                  if maximize
+    g  = g + wd * p                          weight_decay_mode="coupled" (L2)
+    nu = decay * nu + (1 - decay) * |g|**2
+    mu = decay * mu + (1 - decay) * g        centered
+    v  = nu_hat                              not centered
+    v  = max(nu_hat - |mu_hat|**2, 0)        centered
+         x_hat = x / (1 - decay**(t+1)) with bias_correction, else x
+    u  = g / sqrt(v + eps)                   eps_in_sqrt=True
+    u  = g / (sqrt(v) + eps)                 eps_in_sqrt=False
+    s  = -lr * u                             no momentum
+    b  = momentum * b - lr * u;  s = b       lr_in_momentum=True (optax, Keras, TF1)
+         Nesterov: s = -lr * u + momentum * b
+    b  = momentum * b + u;  s = -lr * b      lr_in_momentum=False (PyTorch)
+         Nesterov: s = -lr * (u + momentum * b)
+    s  = s - lr * wd * p                     weight_decay_mode="decoupled"
+
+  and the returned update is ``s`` (apply it with ``optax.apply_updates``).
   Both momentum placements agree for a constant learning rate; with a schedule
   the buffer of ``lr_in_momentum=True`` (optax, Keras, TF1) carries the old
   rates while PyTorch (``False``) rescales the whole buffer by today's.
 
   ``centered=True`` with ``bias_correction=True`` and ``initial_scale=0``:
-  after one step the variance estimate :math:`\hat\nu_1 - |\hat\mu_1|^2` of a
-  single sample is exactly 0, so the first update is :math:`-\eta g /
-  \sqrt{\epsilon}` (``lr / sqrt(eps)`` times the gradient), and in floating
-  point it is the difference of two equal numbers, so its rounding decides the
-  step (optax returns NaN where it rounds negative; here it is clamped to 0).
+  after one step the variance estimate ``nu_hat - |mu_hat|**2`` of a single
+  sample is exactly 0, so the first update is ``-lr * g / sqrt(eps)``, and in
+  floating point it is the difference of two equal numbers, so its rounding
+  decides the step (optax returns NaN where it rounds negative; here it is
+  clamped to 0).
   Prefer ``initial_scale > 0`` or no bias correction with ``centered``.
 
   Non-finite gradients propagate, as in optax: a NaN or inf gradient makes the
@@ -646,19 +804,23 @@ def rmsprop(
   keep the state clean.
 
   Args:
-    learning_rate: :math:`\eta`, a non-negative number or an ``optax.Schedule``
+    learning_rate: ``lr``, a non-negative number or an ``optax.Schedule``
       of the 0-based step.
-    decay: :math:`\rho` in [0, 1).
-    eps: :math:`\epsilon` > 0. Zero is refused: it divides by zero wherever
-      :math:`v = 0` (a gradient element that has been zero so far), and
-      0 * inf is NaN. A tiny value (``1e-30``) is nearly scale-invariant.
-    initial_scale: initial :math:`\nu` (>= 0; TF1 uses 1).
+    decay: the EMA decay, in [0, 1).
+    eps: > 0. Zero is refused: it divides by zero wherever ``v = 0`` (a
+      gradient element that has been zero so far), and 0 * inf is NaN. So is
+      a value below the smallest normal number of the dtype the step runs in
+      (it rounds to 0 there): below float32's 1.18e-38 when the optimizer is
+      built, below float16's 6.1e-5 at ``init`` for float16 parameters with
+      ``nu_dtype="float16"``. A tiny value (``1e-30``) is nearly
+      scale-invariant.
+    initial_scale: initial ``nu`` (>= 0; TF1 uses 1).
     eps_in_sqrt: whether ``eps`` goes inside the square root.
     centered: use the centered second moment (Graves 2013, eq. 38-45).
-    momentum: :math:`\beta` in [0, 1), or ``None`` for no momentum buffer.
+    momentum: in [0, 1), or ``None`` for no momentum buffer.
     nesterov: Nesterov momentum (needs ``momentum``).
-    bias_correction: debias the EMAs by :math:`1-\rho^{t+1}`.
-    weight_decay: :math:`\lambda` >= 0, a number or schedule; ``None`` or 0 is
+    bias_correction: debias the EMAs by ``1 - decay**(t+1)``.
+    weight_decay: ``wd`` >= 0, a number or schedule; ``None`` or 0 is
       off.
     weight_decay_mask: which parameters decay: a pytree of bools (or a prefix
       of the params tree), or a function of the params returning one, as in
@@ -671,30 +833,37 @@ def rmsprop(
       enters the momentum buffer (optax, Keras, TF1) or the buffer afterwards
       (PyTorch).
     maximize: ascend the objective instead of descending it.
-    nu_dtype: dtype of :math:`\nu` (a real floating dtype); default the
+    nu_dtype: dtype of ``nu`` (a real floating dtype); default the
       parameter's real dtype (as optax), except float32 for float16
       parameters, whose range cannot hold squared gradients (they overflow
       above 256 and underflow below ~2.4e-4). Statistics are computed in the
       wider of the gradient's and the state's dtype and stored in the state's.
-    mu_dtype: dtype of :math:`\mu` (centered); default as ``nu_dtype``.
+    mu_dtype: dtype of ``mu`` (centered); default as ``nu_dtype``.
     momentum_dtype: dtype of the momentum buffer; default the parameter's.
-    nu_quantization: ``"8bit"`` stores :math:`\nu` blockwise in 8 bits
-      (uint8 codes of a small float relative to each block's maximum, plus
-      that maximum in float32 per block of 256: 1.016 bytes per parameter
-      instead of 4), rounded stochastically (unbiased); with ``centered``
-      it stores the variance :math:`\nu - |\mu|^2` itself (its exact
-      recurrence), which 8-bit codes of :math:`\nu` and :math:`\mu` could
-      not resolve where the mean dominates. See ``optax_rms._quantize`` and
-      ``docs/numerics.md`` for its accuracy. ``None``: not quantized.
-    mu_quantization: ``"8bit"`` stores :math:`\mu` (``centered``) in signed
-      8-bit blockwise codes (sign and a 7-bit float, as FP8 E4M3, per block
-      maximum), 1.016 bytes per parameter.
+    nu_quantization: ``"8bit"`` stores ``nu`` blockwise in 8 bits (uint8
+      codes of a small float relative to each block's maximum, plus that
+      maximum in float32 per block of 256: 1.016 bytes per parameter instead
+      of 4), rounded stochastically (unbiased). With ``centered`` it stores
+      the variance ``nu - |mu|**2`` itself (its exact recurrence), which
+      8-bit codes of ``nu`` and ``mu`` could not resolve where the mean
+      dominates. See ``optax_rms._quantize`` and ``docs/numerics.md`` for its
+      accuracy. ``None``: not quantized.
+    mu_quantization: ``"8bit"`` stores ``mu`` (``centered``) in signed 8-bit
+      blockwise codes (a sign and a 7-bit float, as FP8 E4M3, relative to
+      each block's maximum), 1.016 bytes per parameter.
     momentum_quantization: ``"8bit"``: the momentum buffer in the same signed
-      codes. With any buffer in 8 bits, the step reads every buffer as stored
+      codes. With any buffer in 8 bits the step reads every buffer as stored
       (the decoded codes), so that no float32 copy of a leaf is kept at the
-      peak of the update; a buffer never shares a block with another
-      parameter (also under ``pack_small``), and a non-finite element leaves
-      its block's scale and neighbours alone.
+      peak of the update; a block never spans two parameters (also under
+      ``pack_small``), and a non-finite element leaves its block's scale and
+      neighbours alone.
+    check_hyperparams: check, at every step, the hyperparameters not known
+      when the optimizer is built (a schedule's value at that step, values
+      set in ``optax.inject_hyperparams``' state): each must be finite and in
+      its range, or the step reports its name, value and step through
+      ``jax.experimental.checkify`` (run the step under
+      ``checkify.checkify``; plain ``jit`` refuses it). Off by default, and
+      then the step holds no check at all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is one
@@ -703,8 +872,12 @@ def rmsprop(
   Raises:
     ValueError: a hyperparameter outside its range (the message names it and
       the allowed range), ``nesterov`` without ``momentum``, an unknown
-      ``weight_decay_mode`` or dtype.
-    TypeError: a hyperparameter of the wrong type.
+      ``weight_decay_mode`` or dtype. Python numbers, NumPy scalars and
+      concrete jax arrays are checked; only tracers (inside ``jit``) are not.
+    TypeError: a hyperparameter of the wrong type. ``update`` raises
+      TypeError for a state that is not an :class:`RMSPropState` (a raw
+      checkpoint dict: restore it with a target), or whose buffers' dtypes
+      differ from this configuration's, naming the field and the leaf.
 
   Examples:
     >>> import jax
@@ -728,7 +901,15 @@ def rmsprop(
     >>> bool(jnp.allclose(params, ref, rtol=2e-6, atol=5e-7))  # float32 rounding
     True
   """
-  _validate_core(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction)
+  _validate_core(
+    "optax_rms.rmsprop",
+    decay,
+    eps,
+    initial_scale,
+    eps_in_sqrt,
+    centered,
+    bias_correction,
+  )
   _checks.check_scalar_or_schedule("learning_rate", learning_rate)
   if momentum is not None:
     _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
@@ -742,6 +923,7 @@ def rmsprop(
   _checks.check_choice("weight_decay_mode", weight_decay_mode, ("coupled", "decoupled"))
   _checks.check_bool("lr_in_momentum", lr_in_momentum)
   _checks.check_bool("maximize", maximize)
+  _checks.check_bool("check_hyperparams", check_hyperparams)
   forms = {}
   for buffer, quantization, dtype, needs in (
     ("nu", nu_quantization, nu_dtype, None),
@@ -773,5 +955,6 @@ def rmsprop(
     mu_form=forms["mu"],
     momentum_form=forms["momentum"],
     name="optax_rms.rmsprop",
+    check_hyperparams=bool(check_hyperparams),
   )
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -18,7 +18,6 @@ gradient accumulation wraps in ``optax.MultiSteps`` and its ``use_ema`` in
 The differences between the frameworks are tabulated in ``docs/porting.md``.
 """
 
-from __future__ import annotations
 
 from typing import Any
 

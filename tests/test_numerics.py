@@ -77,9 +77,12 @@ def test_float16_statistics_default_to_float32():
   assert state.nu["x"].dtype == jnp.float32
   assert state.mu["x"].dtype == jnp.float32
   assert state.momentum["x"].dtype == jnp.float16
-  # The user's choice wins.
-  state = optax_rms.rmsprop(0.1, nu_dtype="float16").init(p)
+  # The user's choice wins, with an eps float16 can hold: the default 1e-8
+  # rounds to 0 in a float16 step, and is refused at init.
+  state = optax_rms.rmsprop(0.1, nu_dtype="float16", eps=1e-4).init(p)
   assert state.nu["x"].dtype == jnp.float16
+  with pytest.raises(ValueError, match=r"eps=1e-08 .*float16.*6\.104e-05"):
+    optax_rms.rmsprop(0.1, nu_dtype="float16").init(p)
 
 
 def test_float16_state_in_optax_overflows_where_ours_does_not():
