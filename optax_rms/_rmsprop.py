@@ -757,7 +757,7 @@ def rmsprop(
   momentum_quantization: Literal["8bit"] | None = None,
   check_hyperparams: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  """RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
+  r"""RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
 
   Divides each gradient by the root of a running average of its recent
   squares, then scales it by the learning rate. The positional arguments are
@@ -878,6 +878,33 @@ def rmsprop(
       TypeError for a state that is not an :class:`RMSPropState` (a raw
       checkpoint dict: restore it with a target), or whose buffers' dtypes
       differ from this configuration's, naming the field and the leaf.
+
+  Note:
+    The update above in mathematical notation (rendered on the
+    documentation site), with :math:`\eta_t` = ``learning_rate(t)``,
+    :math:`\lambda_t` = ``weight_decay(t)``, :math:`\rho` = ``decay``,
+    :math:`\beta` = ``momentum``:
+
+    .. math::
+      g &\leftarrow \pm g_t \quad(\text{minus with } \texttt{maximize})\\
+      g &\leftarrow g + \lambda_t\,\theta
+        \quad(\texttt{weight\_decay\_mode="coupled"}, \text{L2})\\
+      \nu_t &= \rho\,\nu_{t-1} + (1-\rho)\,|g|^2, \qquad
+      \mu_t = \rho\,\mu_{t-1} + (1-\rho)\,g \quad(\texttt{centered})\\
+      v &= \hat\nu_t \;\text{ or }\; \max(\hat\nu_t - |\hat\mu_t|^2, 0)
+        \quad(\texttt{centered})\\
+      \hat x &= x / (1-\rho^{t+1}) \text{ for } x = \nu_t, \mu_t
+        \quad(\texttt{bias\_correction}; \text{ else } \hat x = x)\\
+      u &= g / \sqrt{v + \epsilon}
+        \quad\text{or}\quad g / (\sqrt{v} + \epsilon)
+        \quad(\texttt{eps\_in\_sqrt=False})\\
+      \text{no momentum:}\quad s &= -\eta_t u\\
+      \texttt{lr\_in\_momentum=True:}\quad b_t &= \beta b_{t-1} - \eta_t u,
+        \quad s = b_t \;\;(\text{Nesterov: } s = -\eta_t u + \beta b_t)\\
+      \texttt{lr\_in\_momentum=False:}\quad b_t &= \beta b_{t-1} + u,
+        \quad s = -\eta_t b_t \;\;(\text{Nesterov: } s = -\eta_t(u + \beta b_t))\\
+      s &\leftarrow s - \eta_t \lambda_t\,\theta
+        \quad(\texttt{weight\_decay\_mode="decoupled"})
 
   Examples:
     >>> import jax
