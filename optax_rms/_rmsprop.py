@@ -36,8 +36,8 @@ class RMSPropState(NamedTuple):
       correction uses ``count + 1``.
     nu: EMA of the squared gradient magnitudes ``|g|^2``, one array per
       parameter (real even for complex parameters). With ``centered=True``
-      and ``nu_quantization="8bit"`` it holds the centered variance
-      ``nu - |mu|^2`` instead (see ``rmsprop``).
+      and ``nu`` or ``mu`` quantized to 8 bits it holds the centered
+      variance ``nu - |mu|^2`` instead (see ``rmsprop``).
     mu: EMA of the gradients (``centered=True``), else ``None``.
     momentum: the momentum buffer (``momentum`` not ``None``), else ``None``.
     nu_scale: with ``nu_quantization="8bit"``, one float32 maximum per block
@@ -297,11 +297,12 @@ def _apply(
       if coupled_wd and decay_this_leaf:
         g = g + wd * p  # L2: enters the statistics (PyTorch's weight_decay).
 
-      if static.centered and forms["nu"] != "float":
-        # 8-bit nu, centered: nu holds the variance nu - |mu|^2 itself, as
-        # its exact recurrence var = rho * (var + (1 - rho) |g - mu|^2):
-        # 8-bit codes of nu and mu (a few % each) would make their
-        # difference meaningless wherever |mu|^2 is close to nu.
+      if static.centered and (forms["nu"] != "float" or forms["mu"] != "float"):
+        # Centered, with nu or mu in 8 bits: nu holds the variance
+        # nu - |mu|^2 itself, as its exact recurrence
+        # var = rho * (var + (1 - rho) |g - mu|^2): a few-% code of either
+        # would make their difference meaningless wherever |mu|^2 is close
+        # to nu.
         new_var = store("nu", decay * (nu + (1 - decay) * _abs_sq(g - mu)))
         new_mu = store("mu", (1 - decay) * g + decay * mu)
         if debias is not None:  # nu_hat - |mu_hat|^2, nu = var + |mu|^2
@@ -843,10 +844,10 @@ def rmsprop(
     nu_quantization: ``"8bit"`` stores ``nu`` blockwise in 8 bits (uint8
       codes of a small float relative to each block's maximum, plus that
       maximum in float32 per block of 256: 1.016 bytes per parameter instead
-      of 4), rounded stochastically (unbiased). With ``centered`` it stores
-      the variance ``nu - |mu|**2`` itself (its exact recurrence), which
-      8-bit codes of ``nu`` and ``mu`` could not resolve where the mean
-      dominates. See ``optax_rms._quantize`` and ``docs/numerics.md`` for its
+      of 4), rounded stochastically (unbiased). With ``centered`` and ``nu``
+      or ``mu`` in 8 bits, ``nu`` holds the variance ``nu - |mu|**2`` itself
+      (its exact recurrence), which few-percent codes of ``nu`` or ``mu``
+      could not resolve where the mean dominates. See ``optax_rms._quantize`` and ``docs/numerics.md`` for its
       accuracy. ``None``: not quantized.
     mu_quantization: ``"8bit"`` stores ``mu`` (``centered``) in signed 8-bit
       blockwise codes (a sign and a 7-bit float, as FP8 E4M3, relative to

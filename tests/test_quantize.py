@@ -549,8 +549,8 @@ def test_sharding_helpers_place_every_8bit_buffer():
 
 @pytest.mark.parametrize(
   "quantized",
-  [dict(nu_quantization="8bit"), ALL_8BIT],
-  ids=["8bit-nu", "8bit-all"],
+  [dict(nu_quantization="8bit"), dict(mu_quantization="8bit"), ALL_8BIT],
+  ids=["8bit-nu", "8bit-mu", "8bit-all"],
 )
 def test_centered_8bit_steps_survive_gradients_with_a_large_mean(quantized):
   """Centered RMSprop divides by sqrt(nu - mu^2). With nu and mu each held to
