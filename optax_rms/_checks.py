@@ -180,13 +180,50 @@ def resolve_mask(
   return [bool(f) for f in flags]
 
 
+def check_quantization(
+  buffer: str, quantization: Any, dtype: Any, needs: tuple[str, Any] | None
+) -> str:
+  """Validates ``<buffer>_quantization``; returns the buffer's storage form.
+
+  `needs`: the option that makes the buffer exist, and its value (None: the
+  buffer always exists).
+  """
+  name = f"{buffer}_quantization"
+  if quantization is None:
+    return "float"
+  check_choice(name, quantization, ("8bit",))
+  if needs is not None and (needs[1] is None or needs[1] is False):
+    raise ValueError(
+      f"{name}={quantization!r} quantizes the {buffer} buffer, which exists "
+      f"only with {needs[0]}; got {needs[0].split('=')[0]}={needs[1]!r}."
+    )
+  if dtype is not None:
+    raise ValueError(
+      f"{name}={quantization!r} stores {buffer} as uint8 codes; it cannot be "
+      f"combined with {buffer}_dtype={dtype!r}."
+    )
+  return "log8" if buffer == "nu" else "signed8"
+
+
+def check_params_real(what: str, params: Any, option: str) -> None:
+  """Raises TypeError naming the first complex parameter leaf."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    dtype = getattr(leaf, "dtype", None) or np.result_type(leaf)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      raise TypeError(
+        f"{what}: parameter {jax.tree_util.keystr(path)} is complex ({dtype}); "
+        f"{option} stores real 8-bit codes. Keep that buffer in a float dtype "
+        "for complex parameters."
+      )
+
+
 def check_state(
   what: str,
   state: Any,
   *,
   centered: bool,
   has_momentum: bool,
-  quantized: bool = False,
+  forms: dict[str, str] | None = None,
 ) -> None:
   """Checks the state was made by an optimizer of this configuration.
 
@@ -194,10 +231,18 @@ def check_state(
   or without momentum, 8-bit or not), with a message naming the option. Its
   trees and shapes against the gradients: :func:`check_state_matches`.
   """
+  forms = forms or {}
+  eight_bit = lambda buffer: forms.get(buffer, "float") != "float"
   for field, wanted, option in (
     ("mu", centered, "centered=True"),
     ("momentum", has_momentum, "momentum"),
-    ("nu_scale", quantized, "nu_quantization='8bit'"),
+    ("nu_scale", eight_bit("nu"), "nu_quantization='8bit'"),
+    ("mu_scale", centered and eight_bit("mu"), "mu_quantization='8bit'"),
+    (
+      "momentum_scale",
+      has_momentum and eight_bit("momentum"),
+      "momentum_quantization='8bit'",
+    ),
   ):
     present = getattr(state, field, None) is not None
     if present != wanted:

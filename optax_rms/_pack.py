@@ -23,18 +23,46 @@ import numpy as np
 import optax
 
 
-class PackedLeaves(NamedTuple):
+@jax.tree_util.register_pytree_with_keys_class
+class PackedLeaves:
   """The tree the inner transformation sees under `pack_small`.
+
+  A pytree node with two children and one piece of static metadata.
 
   Attributes:
     large: the leaves of more than ``max_size`` elements, as they are, in tree
       order.
     small: the other leaves, raveled and concatenated into flat vectors: one
       per group of at most ``max_leaves`` leaves of one dtype.
+    segments: static: for each leaf of ``(*large, *small)``, the parameters
+      it holds as ``(index in the user's tree, shape)`` pairs, in order (one
+      for a large leaf). Blockwise 8-bit state cuts its blocks within each
+      parameter from it, and ``pack_small`` checks a state's shapes with it.
+      ``None`` for a node built by hand.
   """
 
-  large: tuple[jax.Array, ...]
-  small: tuple[jax.Array, ...]
+  __slots__ = ("large", "small", "segments")
+
+  def __init__(
+    self,
+    large: tuple[Any, ...],
+    small: tuple[Any, ...],
+    segments: tuple[tuple[tuple[int, tuple[int, ...]], ...], ...] | None = None,
+  ):
+    self.large = large
+    self.small = small
+    self.segments = segments
+
+  def tree_flatten_with_keys(self) -> tuple[Any, Any]:
+    keys = jax.tree_util.GetAttrKey
+    return ((keys("large"), self.large), (keys("small"), self.small)), self.segments
+
+  @classmethod
+  def tree_unflatten(cls, segments: Any, children: Any) -> "PackedLeaves":
+    return cls(*children, segments=segments)
+
+  def __repr__(self) -> str:
+    return f"PackedLeaves(large={self.large!r}, small={self.small!r})"
 
 
 class _Layout(NamedTuple):
@@ -44,6 +72,12 @@ class _Layout(NamedTuple):
   large: tuple[int, ...]  # leaf indices kept as they are
   groups: tuple[tuple[int, ...], ...]  # leaf indices packed, per flat vector
   shapes: tuple[tuple[int, ...], ...]  # every leaf's shape
+
+  def segments(self) -> tuple[tuple[tuple[int, tuple[int, ...]], ...], ...]:
+    """`PackedLeaves.segments`: the parameters in each packed leaf."""
+    return tuple(((i, self.shapes[i]),) for i in self.large) + tuple(
+      tuple((i, self.shapes[i]) for i in group) for group in self.groups
+    )
 
 
 def _check_count(name: str, value: Any, low: int) -> int:
@@ -84,6 +118,7 @@ def _pack(leaves: list[Any], layout: _Layout) -> PackedLeaves:
     small=tuple(
       jnp.concatenate([jnp.ravel(leaves[i]) for i in group]) for group in layout.groups
     ),
+    segments=layout.segments(),
   )
 
 
@@ -99,6 +134,30 @@ def _unpack(packed: PackedLeaves, layout: _Layout) -> Any:
       leaves[i] = flat[offset : offset + size].reshape(layout.shapes[i])
       offset += size
   return jax.tree.unflatten(layout.treedef, leaves)
+
+
+def _check_state_layout(state: Any, updates: Any, layout: _Layout) -> None:
+  """Raises ValueError, naming the leaf, where the state was packed for other
+  shapes than the gradients' (the flat vectors alone could still match)."""
+  is_packed = lambda x: isinstance(x, PackedLeaves)
+  want = layout.segments()
+  for node in jax.tree.leaves(state, is_leaf=is_packed):
+    if not is_packed(node) or node.segments is None or node.segments == want:
+      continue
+    had = {i: shape for leaf in node.segments for i, shape in leaf}
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree.leaves_with_path(updates)]
+    for i, (path, shape) in enumerate(zip(paths, layout.shapes, strict=True)):
+      if had.get(i) != shape:
+        raise ValueError(
+          f"pack_small: the state was made for parameter {path or '<root>'} of "
+          f"shape {had.get(i)}, but its gradient has shape {shape} (was the "
+          "state initialised from other parameters?)."
+        )
+    raise ValueError(
+      f"pack_small: the state was made for {len(had)} parameters packed "
+      f"otherwise (max_size / max_leaves changed?), the gradients have "
+      f"{len(paths)}; re-create the state with this optimizer's init."
+    )
 
 
 def pack_small(
@@ -188,6 +247,7 @@ def pack_small(
         )
     else:
       params_packed = None
+    _check_state_layout(state, updates, layout)
     new, state = inner.update(packed, state, params_packed, **extra_args)
     return _unpack(new, layout), state
 

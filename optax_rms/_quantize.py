@@ -1,96 +1,389 @@
-r"""Blockwise 8-bit storage for the second moment ``nu`` (>= 0).
+r"""The storage forms of the state's buffers, one codec each.
 
-Each parameter's ``nu`` is cut into blocks of ``BLOCK`` consecutive elements
-(row-major). A block keeps its maximum :math:`s` in float32 and every element
-as a uint8 code in the log domain:
+A buffer of :class:`~optax_rms.RMSPropState` is stored in one of three forms:
 
-.. math::
-  k = 0 \iff \nu = 0, \qquad
-  \nu(k) = s \, e^{-(255 - k)\,c}, \quad k = 1..255, \quad
-  c = \ln(R) / 254,
+- ``"float"``: an array of its own floating dtype (float32, bfloat16, ...);
+- ``"log8"`` (``nu_quantization="8bit"``, ``nu >= 0``): uint8 codes of an
+  unsigned 8-bit float (exponent and mantissa) relative to each block's
+  maximum, plus that maximum in float32;
+- ``"signed8"`` (``mu_quantization`` / ``momentum_quantization="8bit"``):
+  uint8 codes of a sign and a 7-bit float magnitude, plus each block's
+  maximum magnitude in float32.
 
-so codes span a dynamic range :math:`R = 2^{24}` below the block's maximum
-(a factor 4096 in root-mean-square) with a constant relative step
-:math:`e^c - 1 \approx 6.8\%`. A positive value
-below :math:`s/R` is stored as :math:`s/R` (a larger ``nu``: a smaller, never a
-larger, step) and nothing positive becomes 0 (0 would mean a step of
-:math:`g/\sqrt{\epsilon}`).
+The update math decodes every buffer to a wide (float) array, computes, and
+encodes the result back with :func:`decode` / :func:`encode`; it never
+branches on the form. Adding a form touches this module and its tests only.
 
-Rounding to the nearest code would freeze the EMA: with decay 0.99, ``nu``
-changes by 1% a step, less than half a code, and would round back forever.
-Each value is therefore rounded to one of its two neighbouring codes with
-probabilities that make the stored value right on average (unbiased in
-``nu``, so the EMA is too). The price is noise: re-rounded every step, it
-settles in the EMA at a standard deviation of about
-:math:`(e^c-1)/\sqrt{6}\,/\sqrt{1-\rho^2}` of ``nu`` (6% at decay 0.9, 19%
-at 0.99), half that in the step size. The dither is a counter-based integer
-hash of (step, leaf, element): deterministic, no random state, no global
-state.
+**Blocks.** A buffer is cut into blocks of ``BLOCK`` consecutive elements
+(row-major) *within one parameter*: a block never spans two parameters, also
+under ``optax_rms.pack_small``, whose flat vectors hold several parameters
+(their ``segments`` say where each one starts; see :func:`leaf_segments`).
 
-Memory: 1 byte + 4/``BLOCK`` bytes = 1.016 bytes per parameter.
+**Codes.** Within a block, each value :math:`v` is stored relative to the
+block's maximum finite magnitude :math:`s` as a small float. ``log8`` keeps
+:math:`r = 1.75\,\nu/s \in [0, 1.75]` with 5 exponent and 3 mantissa bits:
+code :math:`k = 8e + m` holds :math:`2^{e-31}(1 + m/8)`, so the block
+maximum is code 254 (:math:`1.75 = 1.110_2`), :math:`k = 0` is exactly 0 and
+:math:`k = 255` is :math:`+\infty`. That is a dynamic range of
+:math:`2^{32}` in ``nu`` (:math:`2^{16}` in its square root, the step size)
+with a relative step between neighbouring codes of 6.25-12.5% (3.1-6.25% in
+the step size). A positive value below code 1 is stored at code 1 (a larger
+``nu``, so a smaller, never a larger, step), and nothing positive becomes 0
+(0 would mean a step of :math:`g/\sqrt{\epsilon}`). ``signed8``: bit 7 is
+the sign, bits 0-6 a magnitude :math:`r = 1.875\,|v|/s` with 4 exponent and
+3 mantissa bits (the FP8 E4M3 layout, scaled per block),
+:math:`2^{e-15}(1 + m/8)`, and below :math:`2^{-14}` evenly spaced down to 0
+(as IEEE subnormals): a dynamic range of :math:`2^{16}` below the block
+maximum, then a linear tail to 0. Both are dynamic (floating-point) codes,
+as bitsandbytes' 8-bit optimizers use for their states: relative precision
+is the same from the block's maximum down to its floor, where a linear code
+would flush small elements to zero. Decoding is a few integer operations on
+the code's bits.
+
+**Stochastic rounding.** Rounding to the nearest code would freeze an EMA:
+with decay 0.99, ``nu`` changes by 1% a step, less than half a code, and
+would round back forever. Each value is rounded to one of its two
+neighbouring codes with the probability that makes the stored value right on
+average (unbiased in value, so the EMAs are too). The price is noise:
+re-rounded every step, it settles in an EMA of decay :math:`\rho` at a
+standard deviation of about :math:`\delta/\sqrt{6}\,/\sqrt{1-\rho^2}` of the
+value for a relative code step :math:`\delta` (for 9%, a typical step: 8% at
+decay 0.9, 26% at 0.99; half that in the step size, which goes as
+:math:`1/\sqrt{\nu}`). The dither is a counter-based integer hash
+of (step, parameter, element, buffer): deterministic, no random state.
+
+**Non-finite values** (an overflowing ``g**2``, an inf or NaN gradient)
+never reach a block's scale, which is the maximum over the block's finite
+elements: the other elements of the block keep their statistics, codes and
+steps. The element itself: a non-finite ``nu`` is stored as :math:`+\infty`
+(code 255), as float state would hold it (inf: that element's steps are 0
+from then on; NaN gradients make its parameter NaN, as with float state); a
+signed code stores :math:`\pm\infty` as the block's largest magnitude with
+its sign and NaN as 0. A finite but very large element is another matter:
+it sets its block's scale, and the neighbours' values far below it lose
+precision (the price of per-block scales, here as in any blockwise format).
+
+**Memory at the peak.** Decoding is cheap elementwise work that XLA
+recomputes inside each consumer instead of keeping a float32 copy of the
+leaf, and :func:`update` orders the work so that every buffer is written
+over its old codes (see there): the update needs no temporary the size of a
+leaf beyond what float state needs.
+
+Memory: 1 byte + 4/``BLOCK`` bytes = 1.016 bytes per parameter and buffer.
 """
 
-from __future__ import annotations
-
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 BLOCK = 256
-_RANGE_LOG = 24 * math.log(2.0)  # ln(R), R = 2^24
-_C = _RANGE_LOG / 254.0  # log step between codes
-_STEP = math.expm1(_C)  # relative step between codes
+FORMS = ("float", "log8", "signed8")
+
+# A parameter's place in a stored leaf: (parameter id, shape). A leaf holds
+# one (its own) or, under pack_small, several, in order.
+Segment = tuple[int, tuple[int, ...]]
+Segments = tuple[Segment, ...]
+
+# Relative to its block's maximum s, a code holds a small float: for nu
+# ("log8") 5 exponent bits and 3 mantissa bits, for the signed codes' 7-bit
+# magnitude ("signed8") 4 and 3. Every value is stored scaled by top / s, so
+# that the block maximum is the largest finite code: 1.75 = 2^0 * 1.110b for
+# log8 (whose code 255 is +inf), 1.875 = 2^0 * 1.111b for signed8.
+_TOP = {"log8": 1.75, "signed8": 1.875}
+# Code k (>= 1; >= 8 for signed8) <-> float32 bits (k << 20) + bias: exponent
+# k >> 3 above the smallest binade, mantissa k & 7.
+_LOG8_BIAS = (127 - 31) << 23  # 2^-31: the binade of codes 1..7
+_SIGNED8_BIAS = (127 - 15) << 23  # 2^-14: the binade of codes 8..15
+_SUBNORMAL = 2.0**-17  # signed8 codes 0..7: k * 2^-17, linear to 0
+_STEP = 0.125  # largest relative step between neighbouring codes
+_LOG8_INF = 255  # log8's code for a non-finite nu
+
+# Dither streams, one per buffer, so that nu, mu and momentum round
+# independently.
+STREAMS = {"nu": 0, "mu": 1, "momentum": 2}
 
 
 def num_blocks(size: int) -> int:
+  """Blocks of one parameter of `size` elements (at least one)."""
   return max(1, -(-size // BLOCK))
 
 
-def _blocks(x: jax.Array) -> jax.Array:
-  """(size,) -> (num_blocks, BLOCK), zero-padded."""
-  flat = x.reshape(-1)
-  pad = num_blocks(flat.size) * BLOCK - flat.size
-  return jnp.pad(flat, (0, pad)).reshape(-1, BLOCK)
+def segments_blocks(segments: Segments) -> int:
+  return sum(num_blocks(math.prod(shape)) for _, shape in segments)
 
 
-def dequantize(codes: jax.Array, scales: jax.Array) -> jax.Array:
-  """uint8 codes (param shape) and float32 block maxima -> float32 nu."""
-  k = _blocks(codes).astype(jnp.float32)
-  values = scales[:, None] * jnp.exp((k - 255.0) * _C)
-  values = jnp.where(k == 0, 0.0, values)
-  return values.reshape(-1)[: codes.size].reshape(codes.shape)
+def leaf_segments(tree: Any) -> list[Segments]:
+  """One `Segments` per leaf of `tree`: where each parameter sits in it.
+
+  A plain leaf holds one parameter, numbered by its position in the tree. A
+  flat vector of ``optax_rms.pack_small`` holds several, numbered by their
+  position in the user's tree (so their codes match the unpacked ones).
+  """
+  from optax_rms._pack import PackedLeaves  # _pack does not import this module
+
+  out: list[Segments] = []
+  for node in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, PackedLeaves)):
+    if isinstance(node, PackedLeaves) and node.segments is not None:
+      out.extend(node.segments)
+    elif isinstance(node, PackedLeaves):
+      for leaf in jax.tree.leaves(node):
+        out.append(((len(out), tuple(np.shape(leaf))),))
+    else:
+      out.append(((len(out), tuple(np.shape(node))),))
+  return out
 
 
-def _dither(shape: tuple[int, ...], count: jax.Array, leaf: int) -> jax.Array:
-  """Uniform [0, 1) from a hash of (element index, step, leaf)."""
-  idx = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
-  x = idx * jnp.uint32(0x9E3779B1)
+def _sizes(segments: Segments) -> list[int]:
+  return [math.prod(shape) for _, shape in segments]
+
+
+def _block_max(flat: jax.Array, segments: Segments) -> jax.Array:
+  """Per-block maximum of a flat leaf, blocks cut within each segment."""
+  parts, offset = [], 0
+  for size in _sizes(segments):
+    seg = flat[offset : offset + size]
+    offset += size
+    pad = num_blocks(size) * BLOCK - size
+    if pad:
+      seg = jnp.pad(seg, (0, pad))
+    parts.append(jnp.max(seg.reshape(-1, BLOCK), axis=1))
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def _per_element(scales: jax.Array, segments: Segments) -> jax.Array:
+  """Each element's block scale, as a flat leaf (a broadcast, fused)."""
+  parts, first = [], 0
+  for size in _sizes(segments):
+    n = num_blocks(size)
+    block = jnp.broadcast_to(scales[first : first + n, None], (n, BLOCK))
+    parts.append(block.reshape(-1)[:size])
+    first += n
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def _dither(
+  segments: Segments, count: jax.Array, stream: int, offset: Any = 0
+) -> jax.Array:
+  """32 random bits from a hash of (element, parameter, step, stream)."""
+  parts = []
+  for (leaf, _), size in zip(segments, _sizes(segments), strict=True):
+    index = jnp.arange(size, dtype=jnp.uint32) + jnp.asarray(offset).astype(jnp.uint32)
+    x = index * jnp.uint32(0x9E3779B1)
+    seed = (leaf * 0xC2B2AE3D + stream * 0x27D4EB2F) & 0xFFFFFFFF
+    parts.append(x ^ jnp.uint32(seed))
+  x = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
   x = x ^ (count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77))
-  x = x ^ jnp.uint32((leaf * 0xC2B2AE3D) & 0xFFFFFFFF)
   x = x ^ (x >> 16)
   x = x * jnp.uint32(0x7FEB352D)
   x = x ^ (x >> 15)
   x = x * jnp.uint32(0x846CA68B)
-  x = x ^ (x >> 16)
-  return (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+  return x ^ (x >> 16)
 
 
-def quantize(nu: jax.Array, count: jax.Array, leaf: int) -> tuple[jax.Array, jax.Array]:
-  """float32 nu >= 0 -> (uint8 codes of nu's shape, float32 block maxima)."""
-  blocks = _blocks(nu.astype(jnp.float32))
-  scales = jnp.max(blocks, axis=1)
-  safe = jnp.where(scales > 0, scales, 1.0)[:, None]
-  # Code position in [1, 255]; the block maximum lands exactly on 255.
-  pos = 255.0 + jnp.log(jnp.maximum(blocks, 0.0) / safe) / _C
-  pos = jnp.clip(pos, 1.0, 255.0)
-  low = jnp.floor(pos)
-  # Round up with the probability that makes the stored value unbiased:
-  # (v - v_low) / (v_high - v_low), with v_high / v_low = e^c.
-  v_low = jnp.exp((low - 255.0) * _C) * safe
-  p_up = (jnp.maximum(blocks, v_low) / v_low - 1.0) / _STEP
-  dither = _blocks(_dither(nu.shape, count, leaf))
-  k = jnp.minimum(low + (dither < p_up), 255.0)
-  k = jnp.where(blocks > 0, k, 0.0)
-  codes = k.astype(jnp.uint8).reshape(-1)[: nu.size].reshape(nu.shape)
-  return codes, scales
+def _to_float(bits: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _magnitude(form: str, codes: jax.Array) -> jax.Array:
+  """Code -> value relative to the block maximum (times top): bit ops only,
+  so XLA recomputes it in each consumer instead of storing it."""
+  if form == "log8":
+    k = codes.astype(jnp.int32)
+    value = jnp.where(k == 0, 0.0, _to_float((k << 20) + _LOG8_BIAS))
+    return jnp.where(k == _LOG8_INF, jnp.inf, value)
+  k = (codes & 0x7F).astype(jnp.int32)
+  normal = _to_float((k << 20) + _SIGNED8_BIAS)
+  magnitude = jnp.where(k >= 8, normal, k.astype(jnp.float32) * _SUBNORMAL)
+  return jnp.where(codes >= 128, -magnitude, magnitude)
+
+
+def _round(form: str, r: jax.Array, bits: jax.Array) -> jax.Array:
+  """r in [0, top] -> its code, rounded stochastically by 32 random bits.
+
+  In a binade the codes are evenly spaced in the float's mantissa, so adding
+  20 random low bits before truncating rounds up with probability equal to
+  the distance to the lower code: unbiased.
+  """
+  up = (bits >> 12).astype(jnp.int32)  # 20 random bits
+  raw = jax.lax.bitcast_convert_type(r, jnp.int32) + up
+  if form == "log8":  # below code 1: stored at code 1, never 0
+    return jnp.clip((raw - _LOG8_BIAS) >> 20, 1, _LOG8_INF - 1)
+  uniform = (bits >> 8).astype(jnp.float32) * 2.0**-24
+  subnormal = jnp.floor(r / _SUBNORMAL + uniform)
+  normal = jnp.minimum((raw - _SIGNED8_BIAS) >> 20, 127)
+  return jnp.where(r >= 8 * _SUBNORMAL, normal, subnormal.astype(jnp.int32))
+
+
+def init(
+  form: str, p: Any, value: Any, dtype: Any, segments: Segments
+) -> tuple[jax.Array, Any]:
+  """A buffer for parameter `p`, every element `value`: (stored, scale)."""
+  if form == "float":
+    return jnp.full_like(p, value, dtype=dtype), None
+  blocks = segments_blocks(segments)
+  value = jnp.asarray(value, jnp.float32)
+  if form == "log8":  # every element equals its block's maximum
+    code = jnp.where(value > 0, _LOG8_INF - 1, 0)
+  else:  # signed8: the largest magnitude code, with the value's sign
+    code = jnp.where(value == 0, 0, jnp.where(value > 0, 127, 255))
+  codes = jnp.full_like(p, code, dtype=jnp.uint8)
+  return codes, jnp.full((blocks,), jnp.abs(value), dtype=jnp.float32)
+
+
+def decode(
+  form: str, stored: jax.Array, scale: jax.Array | None, segments: Segments
+) -> jax.Array:
+  """The stored buffer as an array of values (float32 for the 8-bit forms)."""
+  if form == "float":
+    return stored
+  scale = _per_element(scale, segments) * (1 / _TOP[form])
+  return (_magnitude(form, stored.reshape(-1)) * scale).reshape(stored.shape)
+
+
+# Leaves of more elements than this are updated chunk by chunk when they
+# have an 8-bit buffer (see `update`). A multiple of BLOCK; a chunk's float32
+# values take 256 KiB.
+CHUNK = 1 << 16
+
+# math(elements, blocks, segments, store) -> anything: the update of one leaf
+# (or chunk) from its stored inputs. It calls store(name, new_value) once per
+# buffer, in order, and continues with the value store returns: the buffer as
+# stored (see `update`).
+Math = Callable[[dict[str, Any], dict[str, Any], Segments, Callable], Any]
+
+
+def update(
+  math: Math,
+  elements: dict[str, jax.Array],
+  blocks: dict[str, jax.Array],
+  segments: Segments,
+  forms: dict[str, str],
+  dtypes: dict[str, Any],
+  count: jax.Array,
+) -> tuple[Any, dict[str, jax.Array], dict[str, jax.Array]]:
+  """Runs `math` on one leaf, storing each buffer in its form.
+
+  `elements` holds the leaf-shaped inputs (the gradient, the parameter, each
+  buffer as stored), `blocks` the 8-bit buffers' per-block scales, `forms`
+  and `dtypes` each buffer's storage form and dtype. Returns what `math`
+  returns, the stored buffers and the 8-bit ones' scales.
+
+  With every buffer in a float form, each is stored as
+  ``new_value.astype(dtype)`` and `math` continues with the unrounded value,
+  so float state computes exactly what optax does. With an 8-bit buffer,
+  `math` continues with every buffer *as stored* (the decoded codes, the
+  rounded float): the step reads the state it leaves behind. That is what
+  lets XLA update a leaf without a float32 copy of it: the new buffers are
+  written over the old ones and what follows (the step, the parameter update
+  fused into it) reads only them. On a leaf of more than ``CHUNK`` elements
+  this runs chunk by chunk in a loop (a block's maximum is needed before its
+  codes), since a reduction's input would otherwise be kept whole in memory
+  (XLA:CPU fuses into a reduction only plain arithmetic, not decoding or the
+  NaN filter).
+  """
+  stored: dict[str, jax.Array] = {}
+  scales: dict[str, jax.Array] = {}
+  if all(form == "float" for form in forms.values()):
+
+    def store_exact(k, value):
+      stored[k] = value.astype(dtypes[k])
+      return value
+
+    return math(elements, blocks, segments, store_exact), stored, scales
+
+  def store_whole(k, value):
+    stored[k], scale = encode(forms[k], value, dtypes[k], count, STREAMS[k], segments)
+    if scale is not None:
+      scales[k] = scale
+    return decode(forms[k], stored[k], scale, segments).astype(value.dtype)
+
+  size = sum(_sizes(segments))
+  if len(segments) != 1 or size <= CHUNK:
+    return math(elements, blocks, segments, store_whole), stored, scales
+
+  # A loop over chunks, each buffer (and 8-bit scales) carried and written
+  # in place, chunk after chunk.
+  ((leaf, shape),) = segments
+  flat = {k: v.reshape(-1) for k, v in elements.items()}
+  dyn_read = lambda x, start, n: jax.lax.dynamic_slice(x, (start,), (n,))
+  dyn_write = lambda x, y, start: jax.lax.dynamic_update_slice(x, y, (start,))
+
+  def chunk(start, length, carry):
+    """Updates the elements [start, start + length) of every buffer."""
+    buffers, block_scales = carry
+    nb = num_blocks(length)
+    el = {k: dyn_read(buffers.get(k, v), start, length) for k, v in flat.items()}
+    bl = {k: dyn_read(v, start // BLOCK, nb) for k, v in block_scales.items()}
+    segs = ((leaf, (length,)),)
+    buffers, block_scales = dict(buffers), dict(block_scales)
+
+    def store(k, value):
+      codes, s = encode(
+        forms[k], value, dtypes[k], count, STREAMS[k], segs, offset=start
+      )
+      buffers[k] = dyn_write(buffers[k], codes, start)
+      if s is not None:
+        block_scales[k] = dyn_write(block_scales[k], s, start // BLOCK)
+        s = dyn_read(block_scales[k], start // BLOCK, nb)
+      # Read back from the buffer just written, so that XLA cannot recompute
+      # the codes from the old ones after they are overwritten (it would
+      # copy the whole buffer to keep them).
+      codes = dyn_read(buffers[k], start, length)
+      return decode(forms[k], codes, s, segs).astype(value.dtype)
+
+    math(el, bl, segs, store)
+    return buffers, block_scales
+
+  carry = ({k: flat[k] for k in forms}, dict(blocks))
+  n = size // CHUNK
+  carry = jax.lax.fori_loop(0, n, lambda i, c: chunk(i * CHUNK, CHUNK, c), carry)
+  if size > n * CHUNK:
+    carry = chunk(n * CHUNK, size - n * CHUNK, carry)
+  stored = {k: v.reshape(shape) for k, v in carry[0].items()}
+  scales = carry[1]
+
+  def store_after(k, value):
+    return decode(forms[k], stored[k], scales.get(k), segments).astype(value.dtype)
+
+  return math(elements, blocks, segments, store_after), stored, scales
+
+
+def encode(
+  form: str,
+  value: jax.Array,
+  dtype: Any,
+  count: jax.Array,
+  stream: int,
+  segments: Segments,
+  offset: Any = 0,
+) -> tuple[jax.Array, jax.Array | None]:
+  """`value` stored in `form` (`dtype` for "float"): (stored, scale).
+
+  `offset`: the index of `value`'s first element in its parameter (a chunk),
+  for the dither.
+  """
+  if form == "float":
+    return value.astype(dtype), None
+  flat = value.astype(jnp.float32).reshape(-1)
+  magnitude = jnp.abs(flat)
+  finite = magnitude < jnp.inf  # False for inf and NaN
+  scales = _block_max(jnp.where(finite, magnitude, 0.0), segments)
+  scale = _per_element(scales, segments)
+  top = _TOP[form]
+  r = jnp.minimum(magnitude * (top / jnp.where(scale > 0, scale, 1.0)), top)
+  k = _round(form, r, _dither(segments, count, stream, offset))
+  if form == "log8":  # 0 stays 0; inf and NaN: inf (as float state's inf)
+    k = jnp.where(finite, jnp.where(magnitude > 0, k, 0), _LOG8_INF)
+  else:  # +-inf: the largest magnitude; NaN: 0
+    k = jnp.where(finite, k, jnp.where(jnp.isnan(flat), 0, 127))
+    k = jnp.where((flat < 0) & (k > 0), k + 128, k)
+  return k.astype(jnp.uint8).reshape(value.shape), scales
+
+
+def stored_dtype(form: str, float_dtype: Any) -> Any:
+  """The dtype a buffer of `form` is stored in."""
+  return float_dtype if form == "float" else jnp.dtype(jnp.uint8)

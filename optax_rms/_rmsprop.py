@@ -42,6 +42,11 @@ class RMSPropState(NamedTuple):
     nu_scale: with ``nu_quantization="8bit"``, one float32 maximum per block
       of 256 elements of each ``nu`` (which then holds uint8 codes), else
       ``None``.
+    mu_scale: with ``mu_quantization="8bit"``, one float32 absolute maximum
+      per block of each ``mu`` (then uint8 sign-and-magnitude codes), else
+      ``None``.
+    momentum_scale: the same for ``momentum`` with
+      ``momentum_quantization="8bit"``, else ``None``.
   """
 
   count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
@@ -49,6 +54,8 @@ class RMSPropState(NamedTuple):
   mu: optax.Updates | None = None
   momentum: optax.Updates | None = None
   nu_scale: optax.Updates | None = None
+  mu_scale: optax.Updates | None = None
+  momentum_scale: optax.Updates | None = None
 
 
 def _abs_sq(x: jax.Array) -> jax.Array:
@@ -104,7 +111,12 @@ class _Static(NamedTuple):
   bias_correction: bool
   lr_in_momentum: bool
   maximize: bool
-  quantize_nu: bool
+  # Storage form of each buffer (_quantize.FORMS), and, when one is 8-bit,
+  # each leaf's parameters (_quantize.leaf_segments: where blocks are cut).
+  nu_form: str
+  mu_form: str
+  momentum_form: str
+  segments: tuple[Any, ...]
   # Hyperparameters given as Python numbers, baked into the computation as
   # constants: see _apply.
   constants: tuple[tuple[str, float], ...] = ()
@@ -160,71 +172,104 @@ def _apply(
   # round to 1 in low precision), divided in the moment's own dtype.
   debias = 1 - decay**count_inc if static.bias_correction else None
 
-  def leaf(index, g, nu, nu_scale, mu, mom, p, decay_this_leaf):
+  forms = {
+    "nu": static.nu_form,
+    "mu": static.mu_form,
+    "momentum": static.momentum_form,
+  }
+
+  def leaf(index, g, nu, nu_scale, mu, mu_scale, mom, mom_scale, p, decay_this_leaf):
     out_dtype = g.dtype
-    nu_stored = nu
-    if static.quantize_nu:  # 8-bit codes -> float32, requantized below
-      nu = _quantize.dequantize(nu, nu_scale)
-    # The math runs in the widest real dtype among the gradient and the state
-    # buffers; each buffer is stored back in its own dtype below. Casting the
-    # buffers up too (not only g) matters: `decay * nu` with a bfloat16 nu
-    # would round decay itself to bfloat16 (0.99 -> 0.98828), and the EMA's
-    # weights would no longer sum to 1 (nu settles ~15% low at decay 0.99).
-    # With every dtype equal (optax's case) nothing is cast.
-    wide = functools.reduce(
-      jnp.promote_types,
-      [jnp.finfo(x.dtype).dtype for x in (g, nu, mu, mom) if x is not None],
+    segments = static.segments[index] if static.segments else ()
+    # Everything read elementwise (gradient, parameter, each stored buffer)
+    # and each 8-bit buffer's per-block scales.
+    elements = {"g": g, "nu": nu, "mu": mu, "momentum": mom, "p": p}
+    elements = {k: v for k, v in elements.items() if v is not None}
+    blocks = {"nu": nu_scale, "mu": mu_scale, "momentum": mom_scale}
+    blocks = {k: v for k, v in blocks.items() if v is not None}
+    buffers = [k for k in ("nu", "mu", "momentum") if k in elements]
+    stored_dtype = {k: elements[k].dtype for k in buffers}
+
+    def math(elements, blocks, segments, store):
+      """One step from what is stored: see _quantize.update.
+
+      Elementwise, so that it also runs on a chunk of the leaf. Each buffer
+      is decoded from its storage form (its own dtype, or 8-bit codes ->
+      float32) and its new value handed to `store`, which stores it and
+      returns the value the rest of the step uses.
+      """
+      g, p = elements["g"], elements.get("p")
+      old = {
+        k: _quantize.decode(forms[k], elements[k], blocks.get(k), segments)
+        for k in buffers
+      }
+      nu, mu, mom = old["nu"], old.get("mu"), old.get("momentum")
+      # The math runs in the widest real dtype among the gradient and the
+      # state buffers; each buffer is stored back in its own dtype. Casting
+      # the buffers up too (not only g) matters: `decay * nu` with a bfloat16
+      # nu would round decay itself to bfloat16 (0.99 -> 0.98828), and the
+      # EMA's weights would no longer sum to 1 (nu settles ~15% low at decay
+      # 0.99). With every dtype equal (optax's case) nothing is cast.
+      wide = functools.reduce(
+        jnp.promote_types,
+        [jnp.finfo(x.dtype).dtype for x in (g, nu, mu, mom) if x is not None],
+      )
+
+      def widen(x):
+        return None if x is None else x.astype(jnp.promote_types(x.dtype, wide))
+
+      g, nu, mu, mom = widen(g), widen(nu), widen(mu), widen(mom)
+      if static.maximize:
+        g = -g
+      if coupled_wd and decay_this_leaf:
+        g = g + wd * p  # L2: enters the statistics (PyTorch's weight_decay).
+
+      # Second moment (and first, centered) -- optax's order of operations.
+      new_nu = store("nu", (1 - decay) * _abs_sq(g) + decay * nu)
+      nu_hat = new_nu if debias is None else new_nu / debias.astype(new_nu.dtype)
+      if static.centered:
+        new_mu = store("mu", (1 - decay) * g + decay * mu)
+        mu_hat = new_mu if debias is None else new_mu / debias.astype(new_mu.dtype)
+        # nu - |mu|^2 >= 0 in exact arithmetic; clamp the rounding error that
+        # would otherwise give sqrt(negative) = NaN.
+        var = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
+      else:
+        var = nu_hat
+      if static.eps_in_sqrt:
+        u = jax.lax.rsqrt(var + eps) * g
+      else:
+        u = 1 / (jnp.sqrt(var) + eps) * g
+      if not static.has_momentum:
+        return u, None
+      if static.lr_in_momentum:  # optax / Keras / TF1: buf = m*buf - lr*u
+        u = jnp.asarray(-lr).astype(u.dtype) * u  # as optax: lr in u's dtype
+      return u, store("momentum", u + momentum * mom)  # PyTorch: buf = m*buf + u
+
+    (u, new_mom), stored, stored_scale = _quantize.update(
+      math,
+      elements,
+      blocks,
+      segments,
+      {k: forms[k] for k in buffers},
+      stored_dtype,
+      count_inc,
     )
 
-    def widen(x):
-      return None if x is None else x.astype(jnp.promote_types(x.dtype, wide))
-
-    mu_dtype = None if mu is None else mu.dtype
-    mom_dtype = None if mom is None else mom.dtype
-    g, nu, mu, mom = widen(g), widen(nu), widen(mu), widen(mom)
-    if static.maximize:
-      g = -g
-    if coupled_wd and decay_this_leaf:
-      g = g + wd * p  # L2: enters the statistics (PyTorch's weight_decay).
-
-    # Second moment (and first, centered) -- optax's order of operations.
-    new_nu = (1 - decay) * _abs_sq(g) + decay * nu
-    nu_hat = new_nu if debias is None else new_nu / debias.astype(new_nu.dtype)
-    if static.centered:
-      new_mu = (1 - decay) * g + decay * mu
-      mu_hat = new_mu if debias is None else new_mu / debias.astype(new_mu.dtype)
-      # nu - |mu|^2 >= 0 in exact arithmetic; clamp the rounding error that
-      # would otherwise give sqrt(negative) = NaN.
-      var = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
-    else:
-      new_mu, var = None, nu_hat
-    if static.eps_in_sqrt:
-      scale = jax.lax.rsqrt(var + eps)
-    else:
-      scale = 1 / (jnp.sqrt(var) + eps)
-    u = scale * g
-
     if not static.has_learning_rate:  # scale_by_rms: no lr, no sign flip.
-      step, new_mom = u, None
+      step = u
     else:
       neg_lr = jnp.asarray(-lr).astype(u.dtype)  # as optax: lr in u's dtype
       if not static.has_momentum:
-        step, new_mom = neg_lr * u, None
-      elif static.lr_in_momentum:  # optax / Keras / TF1: buf = m*buf - lr*u
-        lr_u = neg_lr * u
-        new_mom = lr_u + momentum * mom
-        step = lr_u + momentum * new_mom if static.nesterov else new_mom
-      else:  # PyTorch: buf = m*buf + u; step = -lr*buf
-        new_mom = u + momentum * mom
+        step = neg_lr * u
+      elif static.lr_in_momentum:  # u is -lr * u here: step = buf (Nesterov:
+        step = u + momentum * new_mom if static.nesterov else new_mom  # -lr*u+m*buf)
+      else:  # PyTorch: step = -lr * buf (Nesterov: -lr * (u + m * buf))
         step = neg_lr * (u + momentum * new_mom if static.nesterov else new_mom)
       if decoupled_wd and decay_this_leaf:
         step = step + (neg_lr * wd) * p  # AdamW-style: -lr * wd * p.
 
-    if static.quantize_nu:
-      new_nu, new_scale = _quantize.quantize(new_nu, count_inc, index)
-    else:
-      new_nu, new_scale = new_nu.astype(nu_stored.dtype), None
-    if step is new_mom and mom_dtype == out_dtype:
+    mom_dtype = stored_dtype.get("momentum")
+    if static.has_momentum and step is new_mom and mom_dtype == out_dtype:
       # The step is the new momentum buffer itself: update() returns that one
       # array twice (as optax.trace does), instead of this computation
       # returning a copy of it (one more kernel per leaf in an eager call).
@@ -233,10 +278,12 @@ def _apply(
       out_step = step.astype(out_dtype)
     return (
       out_step,
-      new_nu,
-      new_scale,
-      None if new_mu is None else new_mu.astype(mu_dtype),
-      None if new_mom is None else new_mom.astype(mom_dtype),
+      stored["nu"],
+      stored_scale.get("nu"),
+      stored.get("mu"),
+      stored_scale.get("mu"),
+      stored.get("momentum"),
+      stored_scale.get("momentum"),
     )
 
   # update() has checked that the state's buffers match the static config.
@@ -248,22 +295,29 @@ def _apply(
       leaves_of(state.nu),
       leaves_of(state.nu_scale),
       leaves_of(state.mu),
+      leaves_of(state.mu_scale),
       leaves_of(state.momentum),
+      leaves_of(state.momentum_scale),
       leaves_of(params),
       static.weight_decay_mask,
       strict=True,
     )
   ]
-  steps, nus, scales, mus, moms = (
-    zip(*out, strict=True) if out else ([], [], [], [], [])
+  steps, nus, nu_scales, mus, mu_scales, moms, mom_scales = (
+    zip(*out, strict=True) if out else ([],) * 7
   )
   unflatten = lambda xs: jax.tree.unflatten(treedef, list(xs))
+  eight_bit = lambda form, xs: unflatten(xs) if form != "float" else None
   new_state = RMSPropState(
     count=count_inc,
     nu=unflatten(nus),
     mu=unflatten(mus) if static.centered else None,
     momentum=unflatten(moms) if static.has_momentum else None,
-    nu_scale=unflatten(scales) if static.quantize_nu else None,
+    nu_scale=eight_bit(static.nu_form, nu_scales),
+    mu_scale=eight_bit(static.mu_form, mu_scales) if static.centered else None,
+    momentum_scale=(
+      eight_bit(static.momentum_form, mom_scales) if static.has_momentum else None
+    ),
   )
   # A None step is the new momentum buffer (see leaf); update() fills it in.
   return list(steps), new_state
@@ -288,7 +342,9 @@ def _transformation(
   nu_dtype: jnp.dtype | None,
   mu_dtype: jnp.dtype | None,
   momentum_dtype: jnp.dtype | None,
-  quantize_nu: bool,
+  nu_form: str,
+  mu_form: str,
+  momentum_form: str,
   name: str,
 ) -> tuple[Callable[..., RMSPropState], Callable[..., Any]]:
   """Builds (init_fn, update_fn) for the validated configuration.
@@ -316,33 +372,46 @@ def _transformation(
   )
   hyper = {k: v for k, v in hyper.items() if k not in dict(constants)}
 
+  forms = {"nu": nu_form, "mu": mu_form, "momentum": momentum_form}
+  eight_bit = any(form != "float" for form in forms.values())
+
   def init_fn(params: optax.Params) -> RMSPropState:
     _checks.check_params_inexact(name, params)
+    leaves, treedef = jax.tree.flatten(params)
+    segments = _quantize.leaf_segments(params) if eight_bit else [()] * len(leaves)
 
-    def nu_init(p):
-      if quantize_nu:  # every element equals its block's maximum: code 255
-        code = jnp.where(jnp.asarray(initial_scale) > 0, 255, 0)
-        return jnp.full_like(p, code, dtype=jnp.uint8)
-      dtype = _statistic_dtype(p.dtype, nu_dtype)
-      return jnp.full_like(p, initial_scale, dtype=dtype)
+    def buffer(field, value, dtype_of):
+      """(stored, scale) trees of one buffer, every element `value`."""
+      pairs = [
+        _quantize.init(forms[field], p, value, dtype_of(p.dtype), segs)
+        for p, segs in zip(leaves, segments, strict=True)
+      ]
+      stored = treedef.unflatten([s for s, _ in pairs])
+      scale = treedef.unflatten([c for _, c in pairs])
+      return stored, scale if forms[field] != "float" else None
 
-    def nu_scale_init(p):
-      blocks = _quantize.num_blocks(math.prod(p.shape))
-      return jnp.full((blocks,), initial_scale, dtype=jnp.float32)
-
-    def zeros(requested, statistic=False):
-      return lambda p: jnp.zeros_like(
-        p, dtype=_buffer_dtype(p.dtype, requested, statistic=statistic)
+    if forms["mu"] != "float" or forms["momentum"] != "float":
+      _checks.check_params_real(name, params, "mu_quantization / momentum_quantization")
+    nu, nu_scale = buffer(
+      "nu", initial_scale, lambda dt: _statistic_dtype(dt, nu_dtype)
+    )
+    mu = mu_scale = momentum_buffer = momentum_scale = None
+    if centered:
+      mu, mu_scale = buffer(
+        "mu", 0, lambda dt: _buffer_dtype(dt, mu_dtype, statistic=True)
       )
-
+    if momentum is not None:
+      momentum_buffer, momentum_scale = buffer(
+        "momentum", 0, lambda dt: _buffer_dtype(dt, momentum_dtype)
+      )
     return RMSPropState(
       count=jnp.zeros([], jnp.int32),
-      nu=jax.tree.map(nu_init, params),
-      mu=jax.tree.map(zeros(mu_dtype, statistic=True), params) if centered else None,
-      momentum=(
-        jax.tree.map(zeros(momentum_dtype), params) if momentum is not None else None
-      ),
-      nu_scale=jax.tree.map(nu_scale_init, params) if quantize_nu else None,
+      nu=nu,
+      mu=mu,
+      momentum=momentum_buffer,
+      nu_scale=nu_scale,
+      mu_scale=mu_scale,
+      momentum_scale=momentum_scale,
     )
 
   def update_fn(
@@ -357,7 +426,7 @@ def _transformation(
       state,
       centered=centered,
       has_momentum=momentum is not None,
-      quantized=quantize_nu,
+      forms=forms,
     )
     # Any: jax's stubs omit PyTreeDef.num_leaves / flatten_up_to (they exist).
     treedef: Any = jax.tree.structure(updates)
@@ -385,7 +454,10 @@ def _transformation(
       bias_correction=bias_correction,
       lr_in_momentum=lr_in_momentum,
       maximize=maximize,
-      quantize_nu=quantize_nu,
+      nu_form=nu_form,
+      mu_form=mu_form,
+      momentum_form=momentum_form,
+      segments=tuple(_quantize.leaf_segments(updates)) if eight_bit else (),
       constants=constants,
     )
     steps, new_state = _apply(updates, state, params, hyper, static=static)
@@ -482,7 +554,9 @@ def scale_by_rms(
     nu_dtype=_checks.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
     mu_dtype=None,
     momentum_dtype=None,
-    quantize_nu=False,
+    nu_form="float",
+    mu_form="float",
+    momentum_form="float",
     name="optax_rms.scale_by_rms",
   )
   return optax.GradientTransformation(init_fn, update_fn)
@@ -508,6 +582,8 @@ def rmsprop(
   mu_dtype: Any | None = None,
   momentum_dtype: Any | None = None,
   nu_quantization: Literal["8bit"] | None = None,
+  mu_quantization: Literal["8bit"] | None = None,
+  momentum_quantization: Literal["8bit"] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
 
@@ -641,13 +717,13 @@ def rmsprop(
   _checks.check_choice("weight_decay_mode", weight_decay_mode, ("coupled", "decoupled"))
   _checks.check_bool("lr_in_momentum", lr_in_momentum)
   _checks.check_bool("maximize", maximize)
-  if nu_quantization is not None:
-    _checks.check_choice("nu_quantization", nu_quantization, ("8bit",))
-    if nu_dtype is not None:
-      raise ValueError(
-        "nu_quantization='8bit' stores nu as uint8 codes; it cannot be combined "
-        f"with nu_dtype={nu_dtype!r}."
-      )
+  forms = {}
+  for buffer, quantization, dtype, needs in (
+    ("nu", nu_quantization, nu_dtype, None),
+    ("mu", mu_quantization, mu_dtype, ("centered=True", centered)),
+    ("momentum", momentum_quantization, momentum_dtype, ("momentum", momentum)),
+  ):
+    forms[buffer] = _checks.check_quantization(buffer, quantization, dtype, needs)
   init_fn, update_fn = _transformation(
     learning_rate=learning_rate,
     decay=decay,
@@ -668,7 +744,9 @@ def rmsprop(
     momentum_dtype=_checks.canonical_dtype(
       "momentum_dtype", momentum_dtype, allow_complex=True
     ),
-    quantize_nu=nu_quantization is not None,
+    nu_form=forms["nu"],
+    mu_form=forms["mu"],
+    momentum_form=forms["momentum"],
     name="optax_rms.rmsprop",
   )
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -16,6 +16,19 @@ VARIANTS = {
   "centered": (dict(centered=True), 1),
   "momentum": (dict(momentum=0.9), 1),
   "centered-momentum": (dict(centered=True, momentum=0.9, nesterov=True), 2),
+  # 8-bit buffers: codes shaped like the parameters, plus a per-block scale
+  # tree each.
+  "8bit-nu": (dict(nu_quantization="8bit"), 1),
+  "8bit-all": (
+    dict(
+      centered=True,
+      momentum=0.9,
+      nu_quantization="8bit",
+      mu_quantization="8bit",
+      momentum_quantization="8bit",
+    ),
+    5,
+  ),
 }
 variants = pytest.mark.parametrize(
   "kwargs, extra_trees", list(VARIANTS.values()), ids=list(VARIANTS.keys())
