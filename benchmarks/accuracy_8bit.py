@@ -61,6 +61,24 @@ def _load_example(name: str) -> Any:
   return module
 
 
+def _same(
+  rows: list[dict[str, Any]], fn: Callable[..., dict[str, Any]]
+) -> Callable[[], dict[str, Any]]:
+  """fn, unless an earlier row of the same variant trained the same keywords
+  (fn(dry_run=True) returns them): then a copy of that row's figures."""
+
+  def run() -> dict[str, Any]:
+    kwargs = fn(dry_run=True)["kwargs"]
+    for r in rows:
+      if r.get("kwargs") == kwargs:
+        return {k: v for k, v in r.items() if k not in ("variant", "state")} | {
+          "same_as": r["state"]
+        }
+    return fn()
+
+  return run
+
+
 def _attempt(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
   """fn()'s result, or {"skipped": why} when this optax_rms lacks a keyword."""
   try:
@@ -80,21 +98,28 @@ def run_digits(
   states: Sequence[str],
   epochs: int | None = None,
   log: Callable[[str], None] = print,
+  on_row: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> list[dict[str, Any]]:
-  """The digits CNN per (variant, state, seed); one row per (variant, state)."""
+  """The digits CNN per (variant, state, seed); one row per (variant, state).
+
+  A state whose keywords equal an earlier row's (plain's 8bit-all is 8bit-nu)
+  reuses that row's figures. ``on_row`` gets each row as it is measured.
+  """
   import optax_rms
 
   lm = _load_example("train_lm")
   digits = _load_example("train_digits")
   data = digits.load_data()
-  rows = []
+  rows: list[dict[str, Any]] = []
   for variant in variants:
     kw, _ = lm.VARIANTS[variant]
     lr = digits.VARIANTS["momentum" if "momentum" in kw else "plain"][1]
     for state in states:
 
-      def one(state=state, variant=variant, kw=kw, lr=lr) -> dict[str, Any]:
+      def one(state=state, variant=variant, kw=kw, lr=lr, dry_run=False):
         storage = lm.state_kwargs(state, variant)  # raises if a keyword is missing
+        if dry_run:
+          return {"kwargs": {**kw, **storage}}
         name = f"accuracy_8bit:{variant}:{state}"
         # train_digits builds its optimizer from its VARIANTS registry by name.
         digits.VARIANTS[name] = (
@@ -117,9 +142,10 @@ def run_digits(
         return {"kwargs": {**kw, **storage}, "lr": lr, "test_accuracy": acc,
                 "test_loss": loss, "seconds": secs}
 
-      row = {"variant": variant, "state": state, **_attempt(one)}
+      row = {"variant": variant, "state": state, **_attempt(_same(rows, one))}
       log(f"digits {variant} {state}: {_short(row, 'test_accuracy')}")
       rows.append(row)
+      on_row(row)
   return rows
 
 
@@ -130,17 +156,20 @@ def run_lm(
   steps: int | None = None,
   model: dict[str, int] | None = None,
   log: Callable[[str], None] = print,
+  on_row: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> list[dict[str, Any]]:
-  """examples/train_lm.py per (variant, state, seed)."""
+  """examples/train_lm.py per (variant, state, seed); as run_digits."""
   lm = _load_example("train_lm")
   data = lm.load_data()
   steps = lm.STEPS if steps is None else steps
   model = model or {}
-  rows = []
+  rows: list[dict[str, Any]] = []
   for variant in variants:
     for state in states:
 
-      def one(state=state, variant=variant) -> dict[str, Any]:
+      def one(state=state, variant=variant, dry_run=False):
+        if dry_run:
+          return {"kwargs": lm.state_kwargs(state, variant)}
         val, tr, secs = [], [], []
         for seed in seeds:
           r = lm.train(
@@ -159,9 +188,10 @@ def run_lm(
                 "lr": r.config["learning_rate"], "val_loss": val,
                 "train_loss": tr, "seconds": secs}
 
-      row = {"variant": variant, "state": state, **_attempt(one)}
+      row = {"variant": variant, "state": state, **_attempt(_same(rows, one))}
       log(f"lm {variant} {state}: {_short(row, 'val_loss')}")
       rows.append(row)
+      on_row(row)
   return rows
 
 
@@ -300,8 +330,10 @@ def _run_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _run(rows: list[dict[str, Any]], row: dict[str, Any]) -> str:
+  """The state cell's suffix: the run that measured it, a row it copies."""
   metas = list(dict.fromkeys(r["meta"] for r in _ordered(rows)))
-  return "" if len(metas) == 1 else f" ({metas.index(row['meta']) + 1})"
+  run = "" if len(metas) == 1 else f" ({metas.index(row['meta']) + 1})"
+  return run + (f" (= {row['same_as']})" if "same_as" in row else "")
 
 
 def render(results: dict[str, Any]) -> str:
@@ -415,6 +447,11 @@ def _key(row: dict[str, Any]) -> tuple[str, str]:
   return (row.get("variant", row.get("config")), row.get("state", row.get("mode")))
 
 
+def read(path: pathlib.Path) -> dict[str, Any]:
+  """The recorded results (none yet: no sections)."""
+  return json.loads(path.read_text()) if path.exists() else {"sections": {}}
+
+
 def merge(
   old: dict[str, Any] | None, rows: list[dict[str, Any]], meta: str
 ) -> dict[str, Any]:
@@ -427,7 +464,7 @@ def merge(
   return {"rows": kept + rows}
 
 
-def _meta(extra: str) -> str:
+def _meta(extra: str, started: datetime.datetime) -> str:
   import subprocess
 
   import jax
@@ -438,7 +475,7 @@ def _meta(extra: str) -> str:
     text=True,
   ).stdout.strip()
   return (
-    f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+    f"Run started {started:%Y-%m-%d %H:%M} UTC, "
     f"optax_rms at commit {commit or 'unknown'}, jax {jax.__version__} on "
     f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}), "
     f"Python {platform.python_version()}. {extra}"
@@ -471,16 +508,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   )
   args = parser.parse_args(argv)
 
-  results: dict[str, Any] = {"sections": {}}
-  if args.json.exists():
-    results = json.loads(args.json.read_text())
   for section in args.sections:
-    start = time.perf_counter()
+    started = datetime.datetime.now(datetime.UTC)
+
+    def save(
+      rows: list[dict[str, Any]],
+      extra: str,
+      section: str = section,
+      started: datetime.datetime = started,
+    ) -> None:
+      meta = _meta(extra, started)
+      # Read just before writing: another run may have recorded other rows.
+      results = read(args.json)
+      old = results["sections"].get(section)
+      results["sections"][section] = merge(old, rows, meta)
+      args.json.parent.mkdir(parents=True, exist_ok=True)
+      args.json.write_text(json.dumps(results, indent=1) + "\n")
+      args.out.write_text(render(results))
+
     if section == "digits":
       seeds = list(range(args.seeds))
-      rows = run_digits(seeds, args.digits_variants, args.states, args.digits_epochs)
       epochs = args.digits_epochs or _load_example("train_digits").EPOCHS
       extra = f"{epochs} epochs, batch 32, seeds {seeds}."
+      run_digits(
+        seeds,
+        args.digits_variants,
+        args.states,
+        args.digits_epochs,
+        on_row=lambda row, extra=extra: save([row], extra),
+      )
     elif section == "lm":
       seeds = list(range(args.lm_seeds))
       model = (
@@ -489,19 +545,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.lm_tiny
         else None
       )
-      rows = run_lm(seeds, args.lm_variants, args.states, args.lm_steps, model)
       extra = f"Seeds {seeds}{' (tiny model)' if args.lm_tiny else ''}."
+      run_lm(
+        seeds,
+        args.lm_variants,
+        args.states,
+        args.lm_steps,
+        model,
+        on_row=lambda row, extra=extra: save([row], extra),
+      )
     else:
-      rows = run_trajectory(args.trajectory_steps)
-      extra = f"{args.trajectory_steps} steps."
-    seconds = time.perf_counter() - start
-    meta = _meta(f"{extra} This run took {seconds:.0f} s.")
-    results["sections"][section] = merge(results["sections"].get(section), rows, meta)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
-    args.out.write_text(render(results))
+      save(run_trajectory(args.trajectory_steps), f"{args.trajectory_steps} steps.")
   print(f"wrote {args.out} and {args.json}")
-  return results
+  return read(args.json)
 
 
 if __name__ == "__main__":
