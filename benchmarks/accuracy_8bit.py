@@ -8,7 +8,7 @@ the same batches with every way of storing RMSprop's buffers
 (``examples/train_lm.py``'s STATES: float32, bfloat16, 8bit-nu, 8bit-all):
 
 * ``digits``: the main example's CNN (``examples/train_digits.py``, 15 epochs
-  of scikit-learn's digits), test accuracy over 450 images, mean over
+  of scikit-learn's digits), test accuracy over 360 images, mean over
   ``--seeds`` seeds (each seed: init and shuffling). Target: every buffer in
   8 bits within 0.5 points of float32 state (mean over >= 3 seeds).
 * ``lm``: the character-level transformer of ``examples/train_lm.py`` on the
@@ -170,7 +170,7 @@ def run_lm(
       def one(state=state, variant=variant, dry_run=False):
         if dry_run:
           return {"kwargs": lm.state_kwargs(state, variant)}
-        val, tr, secs = [], [], []
+        val, tr, secs, curves = [], [], [], []
         for seed in seeds:
           r = lm.train(
             steps=steps,
@@ -184,9 +184,10 @@ def run_lm(
           val.append(r.val_loss)
           tr.append(r.train_loss)
           secs.append(r.seconds)
+          curves.append(r.history)  # per evaluation: step, train/val loss
         return {"kwargs": lm.state_kwargs(state, variant), "steps": steps,
                 "lr": r.config["learning_rate"], "val_loss": val,
-                "train_loss": tr, "seconds": secs}
+                "train_loss": tr, "seconds": secs, "history": curves}
 
       row = {"variant": variant, "state": state, **_attempt(_same(rows, one))}
       log(f"lm {variant} {state}: {_short(row, 'val_loss')}")
@@ -348,6 +349,7 @@ def render(results: dict[str, Any]) -> str:
     "(`nu_quantization`, `mu_quantization`, `momentum_quantization`);",
     "`bfloat16` every buffer in bfloat16; `8bit-nu` only `nu` in 8 bits.",
     "Seconds are wall time on a CPU shared with other jobs: noisy.",
+    "docs/numerics.md (8-bit section) discusses the figures.",
     "",
   ]
   sections = results.get("sections", {})
@@ -464,19 +466,24 @@ def merge(
   return {"rows": kept + rows}
 
 
-def _meta(extra: str, started: datetime.datetime) -> str:
+def _commit() -> str:
+  """HEAD, "-dirty" when optax_rms/ or examples/ (the code measured) differ."""
   import subprocess
 
+  def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
+
+  head = git("rev-parse", "--short", "HEAD").stdout.decode().strip() or "unknown"
+  dirty = git("diff", "--quiet", "HEAD", "--", "optax_rms", "examples").returncode
+  return head + ("-dirty" if dirty else "")
+
+
+def _meta(extra: str, started: datetime.datetime, commit: str) -> str:
   import jax
 
-  commit = subprocess.run(
-    ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-    capture_output=True,
-    text=True,
-  ).stdout.strip()
   return (
     f"Run started {started:%Y-%m-%d %H:%M} UTC, "
-    f"optax_rms at commit {commit or 'unknown'}, jax {jax.__version__} on "
+    f"optax_rms at commit {commit}, jax {jax.__version__} on "
     f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}), "
     f"Python {platform.python_version()}. {extra}"
   )
@@ -508,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   )
   args = parser.parse_args(argv)
 
+  commit = _commit()  # when the code is imported, not when a row is written
   for section in args.sections:
     started = datetime.datetime.now(datetime.UTC)
 
@@ -517,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       section: str = section,
       started: datetime.datetime = started,
     ) -> None:
-      meta = _meta(extra, started)
+      meta = _meta(extra, started, commit)
       # Read just before writing: another run may have recorded other rows.
       results = read(args.json)
       old = results["sections"].get(section)
