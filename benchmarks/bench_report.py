@@ -294,6 +294,20 @@ def _machine_lines(results: dict[str, Any]) -> list[str]:
   ]
 
 
+# The headline: the whole train step's peak memory and time per optimizer,
+# measured by benchmarks/train_step/ into its own file.
+TRAIN_STEP_POINTER = [
+  "## Train step",
+  "",
+  "The whole jitted train step (forward, backward, update; params and state "
+  "donated) on three Flax NNX models, with its peak memory per parameter and "
+  "time per optimizer and state mode, and issue 15's memory targets: "
+  "[RESULTS_train_step.md](RESULTS_train_step.md), written by `python -m "
+  "benchmarks.train_step`. The sections below time the optimizer step alone.",
+  "",
+]
+
+
 def render(results: dict[str, Any], command: str = "") -> str:
   """RESULTS.md: machine, target table, then one part per section that ran."""
   sections = results["sections"]
@@ -321,6 +335,7 @@ def render(results: dict[str, Any], command: str = "") -> str:
     out += ["## Sections that failed", ""]
     out += [f"- `{k}`: {err}" for k, err in failed.items()]
     out.append("")
+  out += TRAIN_STEP_POINTER
   out += [f"## Targets: {_counts(rows)}", ""]
   out += _table(
     ["target", "measured", "status"],

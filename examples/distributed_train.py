@@ -10,6 +10,8 @@ optimizer state is split over ``data`` as well (ZeRO-1,
 params). Process 0 prints the losses and can write the final parameters
 (``--output``); all processes together can write an orbax checkpoint
 (``--checkpoint-dir``) that any other layout can resume from (``--resume``).
+``--offload-state`` keeps the optimizer state in pinned host memory between
+steps (``optax_rms.host_offload``; the same numbers, see docs/distributed.md).
 
 How to launch it:
 
@@ -87,8 +89,10 @@ LEARNING_RATE = 3e-3
 PARAM_SEED, DATA_SEED = 0, 1
 
 
-def make_optimizer() -> optax.GradientTransformation:
-  return optax_rms.rmsprop(LEARNING_RATE, centered=True, momentum=0.9)
+def make_optimizer(offload: bool = False) -> optax.GradientTransformation:
+  """The optimizer; with ``offload`` its state lives in pinned host memory."""
+  tx = optax_rms.rmsprop(LEARNING_RATE, centered=True, momentum=0.9)
+  return optax_rms.host_offload(tx) if offload else tx
 
 
 def make_mesh(shape: Sequence[int] | None = None, devices: Any = None) -> Mesh:
@@ -168,32 +172,37 @@ def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(hidden @ params["w2"] + params["b2"] - y))
 
 
-def state_shardings(tx: optax.GradientTransformation, mesh: Mesh, zero1: bool) -> Any:
+def state_shardings(
+  tx: optax.GradientTransformation, mesh: Mesh, zero1: bool, offload: bool = False
+) -> Any:
   params = abstract_params()
-  shardings = param_shardings(mesh)
+  kind = "pinned_host" if offload else None  # the state's memory
+  kw: dict[str, Any] = dict(shardings=param_shardings(mesh), memory_kind=kind)
   if zero1:
-    return sharding.zero1_state_shardings(tx, params, "data", shardings=shardings)
-  return sharding.state_shardings(tx, params, shardings=shardings)
+    return sharding.zero1_state_shardings(tx, params, "data", **kw)
+  return sharding.state_shardings(tx, params, **kw)
 
 
-def init(mesh: Mesh, zero1: bool = True) -> tuple[Any, Any]:
+def init(mesh: Mesh, zero1: bool = True, offload: bool = False) -> tuple[Any, Any]:
   """Parameters and optimizer state, placed on ``mesh``."""
-  tx = make_optimizer()
+  tx = make_optimizer(offload)
   host = initial_params()
   psh = param_shardings(mesh)
   params = {
     k: jax.make_array_from_callback(v.shape, psh[k], v.__getitem__)
     for k, v in host.items()
   }
-  state = jax.jit(tx.init, out_shardings=state_shardings(tx, mesh, zero1))(params)
+  ssh = state_shardings(tx, mesh, zero1, offload)
+  state = jax.jit(tx.init, out_shardings=ssh)(params)
   return params, state
 
 
-def make_train_step(mesh: Mesh, zero1: bool = True) -> Any:
-  """The jitted step; the shardings pin params, state and batch in place."""
-  tx = make_optimizer()
+def make_train_step(mesh: Mesh, zero1: bool = True, offload: bool = False) -> Any:
+  """The jitted step; the shardings pin params, state and batch in place (and
+  the state's memory: with ``offload``, pinned host memory)."""
+  tx = make_optimizer(offload)
   psh = param_shardings(mesh)
-  ssh = state_shardings(tx, mesh, zero1)
+  ssh = state_shardings(tx, mesh, zero1, offload)
   bsh = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
 
@@ -220,6 +229,7 @@ def train(
   steps: int,
   *,
   zero1: bool = True,
+  offload: bool = False,
   start: tuple[Any, Any] | None = None,
 ) -> tuple[Any, Any, list[float]]:
   """``steps`` steps from ``start`` (default: fresh), as (params, state, losses).
@@ -227,15 +237,20 @@ def train(
   The batch of a step depends on the step number only (the state's ``count``),
   so a resumed run sees the data an uninterrupted one would.
   """
-  params, state = start if start is not None else init(mesh, zero1)
-  step_fn = make_train_step(mesh, zero1)
-  first = _scalar(state.count)
+  params, state = start if start is not None else init(mesh, zero1, offload)
+  step_fn = make_train_step(mesh, zero1, offload)
+  first = _scalar(_rmsprop_state(state).count)
   losses = []
   for t in range(first, first + steps):
     x, y = device_batch(mesh, t)
     params, state, loss = step_fn(params, state, x, y)
     losses.append(float(_scalar(loss)))
   return params, state, losses
+
+
+def _rmsprop_state(state: Any) -> optax_rms.RMSPropState:
+  """The RMSprop state, inside host_offload's if offloaded."""
+  return state.inner_state if isinstance(state, optax_rms.HostOffloadState) else state
 
 
 def to_host(tree: Any) -> Any:
@@ -314,6 +329,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     help="keep the optimizer state like the params (no ZeRO-1 split)",
   )
   parser.add_argument(
+    "--offload-state",
+    action="store_true",
+    help="keep the optimizer state in pinned host memory (optax_rms.host_offload)",
+  )
+  parser.add_argument(
     "--cpu-devices",
     type=int,
     default=None,
@@ -350,7 +370,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--output", default=None, help="write final params (.npz)")
   parser.add_argument("--checkpoint-dir", default=None, help="orbax checkpoint out")
   parser.add_argument("--resume", default=None, help="orbax checkpoint to resume")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.offload_state and (args.checkpoint_dir or args.resume):
+    # The checkpoint helpers here place a device-resident RMSPropState.
+    parser.error("--offload-state does not combine with --checkpoint-dir/--resume")
+  return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -365,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     shape = [int(n) for n in args.mesh.split("x")] if args.mesh else None
     mesh = make_mesh(shape)
     start = restore_checkpoint(args.resume, mesh, args.zero1) if args.resume else None
-    params, state, losses = train(mesh, args.steps, zero1=args.zero1, start=start)
+    params, state, losses = train(
+      mesh, args.steps, zero1=args.zero1, offload=args.offload_state, start=start
+    )
     host_params = to_host(params)
     if args.checkpoint_dir:
       save_checkpoint(args.checkpoint_dir, params, state)
@@ -375,7 +401,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"({jax.local_device_count()} local), mesh {dict(mesh.shape)}, "
         f"state {sharding.bytes_per_device(state)} bytes per device"
       )
-      for t, loss in enumerate(losses, _scalar(state.count) - len(losses)):
+      last = _scalar(_rmsprop_state(state).count)
+      for t, loss in enumerate(losses, last - len(losses)):
         print(f"step {t}: loss {loss:.6f}")
       if args.output:
         np.savez(
@@ -384,7 +411,11 @@ def main(argv: Sequence[str] | None = None) -> None:
           process_count=jax.process_count(),
           device_count=jax.device_count(),
           local_device_count=jax.local_device_count(),
-          steps=_scalar(state.count),
+          steps=last,
+          offload_state=args.offload_state,
+          state_memory_kinds=sorted(
+            {x.sharding.memory_kind for x in jax.tree.leaves(state)}
+          ),
           **{f"params.{k}": v for k, v in host_params.items()},
         )
     sys.stdout.flush()

@@ -1,9 +1,12 @@
 """Train a small CNN on scikit-learn's digits with optax_rms (Flax NNX).
 
 Run: python examples/train_digits.py
-It trains for 10 epochs (a few seconds on a laptop CPU), shows a progress bar
-per epoch with the running loss and accuracy, prints the test accuracy (~98%)
-and writes the train/test loss curves to runs/train_digits/train_digits.png.
+It trains for 15 epochs (``--epochs``; a few seconds on a laptop CPU), shows a
+progress bar per epoch with the running loss and accuracy, prints the test
+accuracy (~98%) and writes the train/test loss curves to
+runs/train_digits/plain/train_digits.png: ``--out`` defaults to
+runs/train_digits/<variant>, so runs of different variants keep their own
+plots and checkpoints.
 
 The data is ``sklearn.datasets.load_digits`` (1797 8x8 images, bundled with
 scikit-learn, no download), split 80/20 with a fixed seed. The loop is the
@@ -32,7 +35,8 @@ configurations and ``--learning-rate`` for each one's default rate):
 
 Checkpoints (orbax): ``--checkpoint-every N`` saves the model, the optimizer
 state and the epoch under ``OUT/checkpoints`` every N epochs and after the
-last one; ``--resume`` restores the latest and trains on up to ``--epochs``.
+last one; ``--resume`` restores the latest and trains on up to ``--epochs``
+(give the same ``--out``, or ``--variant`` for the default one).
 Batches are a pure function of (seed, epoch), so a resumed run sees the same
 batches and ends with the same parameters as an uninterrupted one::
 
@@ -49,20 +53,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
-import optax
-import orbax.checkpoint as ocp
-from flax import nnx
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from tqdm import tqdm
-
-import optax_rms
-
 EPOCHS = 15
 BATCH_SIZE = 32
 SPLIT_SEED = 0  # the train/test split never changes
-OUT = pathlib.Path("runs/train_digits")
+RUNS = pathlib.Path("runs/train_digits")  # --out defaults to RUNS / variant
 PLOT_NAME = "train_digits.png"
 
 # variant -> (optimizer for a learning rate, default learning rate). The
@@ -100,6 +94,74 @@ def make_optimizer(
   factory, default_lr = VARIANTS[variant]
   return factory(default_lr if learning_rate is None else learning_rate)
 
+
+def default_out(variant: str | None) -> pathlib.Path:
+  """Where a run of ``variant`` (None: plain) writes by default."""
+  return RUNS / ("plain" if variant is None else variant)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "--epochs",
+    type=int,
+    default=EPOCHS,
+    help=f"epochs to train, counting those of a resumed run (default {EPOCHS})",
+  )
+  parser.add_argument(
+    "--learning-rate",
+    type=float,
+    default=None,
+    help="default: the variant's ("
+    + ", ".join(f"{k} {lr:g}" for k, (_, lr) in VARIANTS.items())
+    + ")",
+  )
+  parser.add_argument(
+    "--variant",
+    choices=list(VARIANTS),
+    default=None,
+    help="default: plain (with --resume: the checkpoint's)",
+  )
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=None,
+    help=f"plot and checkpoints (default {RUNS}/<variant>)",
+  )
+  parser.add_argument(
+    "--checkpoint-every",
+    type=int,
+    default=None,
+    metavar="N",
+    help="save every N epochs and after the last (default: never; with --resume, "
+    "as the resumed run)",
+  )
+  parser.add_argument(
+    "--resume", action="store_true", help="continue from the latest checkpoint"
+  )
+  parser.add_argument(
+    "--seed",
+    type=int,
+    default=None,
+    help="default: 0 (with --resume: the checkpoint's)",
+  )
+  return parser
+
+
+if __name__ == "__main__":
+  # Parse before the imports below: --help (and a mistyped flag) answers at
+  # once instead of after the seconds that importing jax, flax and optax take.
+  ARGS = build_parser().parse_args()
+
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+import optax_rms
 
 # ------------------------------------------------------------------------ data
 
@@ -198,6 +260,69 @@ def _read_meta(mngr, epoch) -> dict[str, Any]:
   ]
 
 
+def open_checkpoints(
+  out: pathlib.Path,
+  *,
+  resume: bool,
+  checkpoint_every: int | None,
+  asked: dict[str, Any],
+) -> tuple[ocp.CheckpointManager | None, int | None, dict[str, Any] | None]:
+  """The checkpoint manager of ``out``, its latest epoch and that one's meta.
+
+  Args:
+    out: the run's directory (checkpoints in ``out/checkpoints``).
+    resume: continue from the latest checkpoint (if any).
+    checkpoint_every: this run's; a manager is opened if it is set or resuming.
+    asked: the run's configuration (variant, learning_rate, seed, batch_size),
+      None where not given.
+
+  Returns:
+    (manager or None, latest epoch or None, meta of the latest checkpoint when
+    resuming from one, else None).
+
+  Raises:
+    ValueError: resuming, ``asked`` sets something to another value than the
+      checkpoint's (another optimizer would not fit the saved state).
+    FileExistsError: checkpointing a new run into ``out`` that has checkpoints.
+  """
+  mngr = None
+  latest = None
+  meta = None
+  if resume or checkpoint_every:
+    mngr = _checkpoint_manager(out)
+    latest = mngr.latest_step()
+  if resume and latest is not None:
+    meta = _read_meta(mngr, latest)
+    clash = {k: v for k, v in asked.items() if v is not None and v != meta[k]}
+    if clash:
+      raise ValueError(
+        f"--resume: the checkpoint in {out / 'checkpoints'} was trained with "
+        f"{ {k: meta[k] for k in clash} }, this run asks for {clash}."
+      )
+  elif checkpoint_every and latest is not None:
+    raise FileExistsError(
+      f"{out / 'checkpoints'} already holds checkpoints (latest: epoch {latest}). "
+      "Pass --resume to continue from them, or choose another --out."
+    )
+  return mngr, latest, meta
+
+
+def resolve_config(
+  asked: dict[str, Any], meta: dict[str, Any] | None
+) -> dict[str, Any]:
+  """The run's configuration: as asked, else the checkpoint's, else defaults."""
+  if meta is not None:
+    asked = {k: meta[k] if v is None else v for k, v in asked.items()}
+  variant = "plain" if asked["variant"] is None else asked["variant"]
+  defaults = {
+    "variant": variant,
+    "learning_rate": VARIANTS[variant][1] if variant in VARIANTS else None,
+    "seed": 0,
+    "batch_size": BATCH_SIZE,
+  }
+  return {k: defaults[k] if v is None else v for k, v in asked.items()}
+
+
 def _restore(mngr, epoch, model, optimizer) -> None:
   """Loads checkpoint ``epoch``'s model and optimizer state into them."""
   # The target's shapes and dtypes come from the freshly built model and
@@ -231,7 +356,7 @@ def train(
   epochs: int = EPOCHS,
   learning_rate: float | None = None,
   variant: str | None = None,
-  out: str | pathlib.Path = OUT,
+  out: str | pathlib.Path | None = None,
   checkpoint_every: int | None = None,
   resume: bool = False,
   seed: int | None = None,
@@ -245,7 +370,8 @@ def train(
     epochs: the epoch to stop after, counting those of a resumed run.
     learning_rate: None: the variant's default (VARIANTS).
     variant: a key of VARIANTS; None: "plain".
-    out: directory of the checkpoints (``out/checkpoints``).
+    out: directory of the checkpoints (``out/checkpoints``); None:
+      ``default_out(variant)``.
     checkpoint_every: save every N epochs and after the last one; 0 never.
       None: 0, or the resumed run's value.
     resume: continue from the latest checkpoint under ``out`` (if any).
@@ -256,7 +382,7 @@ def train(
     data: ``load_data()``'s dict (loaded if None).
     progress: show a tqdm bar per epoch.
   """
-  out = pathlib.Path(out)
+  out = default_out(variant) if out is None else pathlib.Path(out)
   data = load_data() if data is None else data
   asked = {
     "variant": variant,
@@ -264,37 +390,13 @@ def train(
     "seed": seed,
     "batch_size": batch_size,
   }
-  mngr = None
-  latest = None
-  meta = None
-  if resume or checkpoint_every:
-    mngr = _checkpoint_manager(out)
-    latest = mngr.latest_step()
-  if resume and latest is not None:
-    meta = _read_meta(mngr, latest)
-    # What this run leaves unset comes from the checkpoint; what it sets must
-    # agree with it (another optimizer would not fit the saved state).
-    clash = {k: v for k, v in asked.items() if v is not None and v != meta[k]}
-    if clash:
-      raise ValueError(
-        f"--resume: the checkpoint in {out / 'checkpoints'} was trained with "
-        f"{ {k: meta[k] for k in clash} }, this run asks for {clash}."
-      )
-    asked = {k: meta[k] for k in asked}
-  elif checkpoint_every and latest is not None:
-    raise FileExistsError(
-      f"{out / 'checkpoints'} already holds checkpoints (latest: epoch {latest}). "
-      "Pass --resume to continue from them, or choose another --out."
-    )
-  variant = "plain" if asked["variant"] is None else asked["variant"]
-  defaults = {
-    "variant": variant,
-    "learning_rate": VARIANTS[variant][1] if variant in VARIANTS else None,
-    "seed": 0,
-    "batch_size": BATCH_SIZE,
-  }
-  config = {k: defaults[k] if v is None else v for k, v in asked.items()}
-  seed, batch_size = config["seed"], config["batch_size"]
+  # What this run leaves unset comes from the checkpoint; what it sets must
+  # agree with it.
+  mngr, latest, meta = open_checkpoints(
+    out, resume=resume, checkpoint_every=checkpoint_every, asked=asked
+  )
+  config = resolve_config(asked, meta)
+  variant, seed, batch_size = config["variant"], config["seed"], config["batch_size"]
 
   model = CNN(rngs=nnx.Rngs(seed))
   optimizer = nnx.Optimizer(
@@ -405,59 +507,25 @@ def plot_history(history: dict[str, Any], path: pathlib.Path, title: str) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--epochs", type=int, default=EPOCHS)
-  parser.add_argument(
-    "--learning-rate",
-    type=float,
-    default=None,
-    help="default: the variant's ("
-    + ", ".join(f"{k} {lr:g}" for k, (_, lr) in VARIANTS.items())
-    + ")",
-  )
-  parser.add_argument(
-    "--variant",
-    choices=list(VARIANTS),
-    default=None,
-    help="default: plain (with --resume: the checkpoint's)",
-  )
-  parser.add_argument(
-    "--out",
-    type=pathlib.Path,
-    default=OUT,
-    help=f"plot and checkpoints (default {OUT})",
-  )
-  parser.add_argument(
-    "--checkpoint-every",
-    type=int,
-    default=None,
-    metavar="N",
-    help="save every N epochs and after the last (default: never; with --resume, "
-    "as the resumed run)",
-  )
-  parser.add_argument(
-    "--resume", action="store_true", help="continue from the latest checkpoint"
-  )
-  parser.add_argument(
-    "--seed",
-    type=int,
-    default=None,
-    help="default: 0 (with --resume: the checkpoint's)",
-  )
-  args = parser.parse_args(argv)
+  """Parses ``argv`` (None: the command line) and runs the example."""
+  return run(build_parser().parse_args(argv))
 
+
+def run(args: argparse.Namespace) -> TrainResult:
+  """Trains as the command line ``args`` ask, writes the plot, prints results."""
+  out = default_out(args.variant) if args.out is None else args.out
   start = time.perf_counter()
   result = train(
     epochs=args.epochs,
     learning_rate=args.learning_rate,
     variant=args.variant,
-    out=args.out,
+    out=out,
     checkpoint_every=args.checkpoint_every,
     resume=args.resume,
     seed=args.seed,
   )
   seconds = time.perf_counter() - start
-  plot = args.out / PLOT_NAME
+  plot = out / PLOT_NAME
   variant = result.config["variant"]
   plot_history(result.history, plot, f"digits, optax_rms {variant} RMSprop")
   print(
@@ -469,4 +537,4 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-  main()
+  run(ARGS)

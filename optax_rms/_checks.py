@@ -92,6 +92,16 @@ def check_scalar_or_schedule(name: str, value: Any, *, low: float = 0.0) -> None
   check_range(name, value, low=low)
 
 
+def check_int(name: str, value: Any, *, low: int, allowed: str) -> int:
+  """Returns ``value`` as an int; TypeError unless an int (not a bool),
+  ValueError below ``low``. ``allowed`` says what is, for the message."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}.")
+  if value < low:
+    raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+  return int(value)
+
+
 def check_bool(name: str, value: Any) -> None:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}.")

@@ -58,11 +58,25 @@ class PackedLeaves:
     return ((keys("large"), self.large), (keys("small"), self.small)), self.segments
 
   @classmethod
-  def tree_unflatten(cls, segments: Any, children: Any) -> "PackedLeaves":
-    return cls(*children, segments=segments)
+  def tree_unflatten(cls, segments: Any, children: Any) -> PackedLeaves:
+    large, small = children
+    return cls(large, small, segments=segments)
 
   def __repr__(self) -> str:
     return f"PackedLeaves(large={self.large!r}, small={self.small!r})"
+
+  # Compared and hashed as the tuple of its fields, as a NamedTuple would be
+  # (e.g. two trees of shardings).
+  def _fields(self) -> tuple[Any, Any, Any]:
+    return (self.large, self.small, self.segments)
+
+  def __eq__(self, other: object) -> bool:
+    if not isinstance(other, PackedLeaves):
+      return NotImplemented
+    return self._fields() == other._fields()
+
+  def __hash__(self) -> int:
+    return hash(self._fields())
 
 
 class _Layout(NamedTuple):

@@ -73,7 +73,7 @@ Memory: 1 byte + 4/``BLOCK`` bytes = 1.016 bytes per parameter and buffer.
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -184,6 +184,14 @@ def _dither(
   return x ^ (x >> 16)
 
 
+def _opaque_zero(x: jax.Array) -> jax.Array:
+  """An int32 0 that XLA cannot fold away: a data dependency on `x`."""
+  if jnp.issubdtype(x.dtype, jnp.floating):  # its top 8 bits: 0..255
+    bits = 8 * x.dtype.itemsize
+    x = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}")) >> (bits - 8)
+  return jnp.minimum(x.astype(jnp.int32), 0)
+
+
 def _to_float(bits: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
@@ -240,6 +248,7 @@ def decode(
   """The stored buffer as an array of values (float32 for the 8-bit forms)."""
   if form == "float":
     return stored
+  assert scale is not None, "an 8-bit buffer needs its scales"
   scale = _per_element(scale, segments) * (1 / _TOP[form])
   return (_magnitude(form, stored.reshape(-1)) * scale).reshape(stored.shape)
 
@@ -272,14 +281,13 @@ def update(
   and `dtypes` each buffer's storage form and dtype. Returns what `math`
   returns, the stored buffers and the 8-bit ones' scales.
 
-  With every buffer in a float form, each is stored as
-  ``new_value.astype(dtype)`` and `math` continues with the unrounded value,
-  so float state computes exactly what optax does. With an 8-bit buffer,
-  `math` continues with every buffer *as stored* (the decoded codes, the
-  rounded float): the step reads the state it leaves behind. That is what
-  lets XLA update a leaf without a float32 copy of it: the new buffers are
-  written over the old ones and what follows (the step, the parameter update
-  fused into it) reads only them. On a leaf of more than ``CHUNK`` elements
+  `math` continues with every buffer *as stored*: the decoded codes, or the
+  float buffer in its own dtype (for state as wide as the computation, as
+  optax's, that is the exact value: the same numbers as optax). The step
+  reads the state it leaves behind, and that is what lets XLA update a leaf
+  without a float32 copy of it: the new buffers are written over the old
+  ones and what follows (the step, the parameter update fused into it) reads
+  only them. On a leaf of more than ``CHUNK`` elements
   this runs chunk by chunk in a loop (a block's maximum is needed before its
   codes), since a reduction's input would otherwise be kept whole in memory
   (XLA:CPU fuses into a reduction only plain arithmetic, not decoding or the
@@ -287,14 +295,6 @@ def update(
   """
   stored: dict[str, jax.Array] = {}
   scales: dict[str, jax.Array] = {}
-  if all(form == "float" for form in forms.values()):
-
-    def store_exact(k, value):
-      stored[k] = value.astype(dtypes[k])
-      return value
-
-    return math(elements, blocks, segments, store_exact), stored, scales
-
   def store_whole(k, value):
     stored[k], scale = encode(forms[k], value, dtypes[k], count, STREAMS[k], segments)
     if scale is not None:
@@ -302,7 +302,8 @@ def update(
     return decode(forms[k], stored[k], scale, segments).astype(value.dtype)
 
   size = sum(_sizes(segments))
-  if len(segments) != 1 or size <= CHUNK:
+  eight_bit = any(form != "float" for form in forms.values())
+  if not eight_bit or len(segments) != 1 or size <= CHUNK:
     return math(elements, blocks, segments, store_whole), stored, scales
 
   # A loop over chunks, each buffer (and 8-bit scales) carried and written
@@ -320,12 +321,22 @@ def update(
     bl = {k: dyn_read(v, start // BLOCK, nb) for k, v in block_scales.items()}
     segs = ((leaf, (length,)),)
     buffers, block_scales = dict(buffers), dict(block_scales)
+    written: list[str] = []
 
     def store(k, value):
       codes, s = encode(
         forms[k], value, dtypes[k], count, STREAMS[k], segs, offset=start
       )
-      buffers[k] = dyn_write(buffers[k], codes, start)
+      # Write the buffers in the order they are stored: a buffer computed
+      # from another's old values (the centered variance reads the old mean)
+      # is then written before that one is overwritten, and XLA needs no copy
+      # of the old buffer. The order is a data dependency: this write's
+      # offset adds a zero read from the buffers written before it.
+      at = start
+      for j in written:
+        at = at + _opaque_zero(buffers[j][start])
+      written.append(k)
+      buffers[k] = dyn_write(buffers[k], codes, at)
       if s is not None:
         block_scales[k] = dyn_write(block_scales[k], s, start // BLOCK)
         s = dyn_read(block_scales[k], start // BLOCK, nb)

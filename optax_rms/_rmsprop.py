@@ -10,7 +10,6 @@ the package (the framework presets included) only maps arguments onto
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -36,7 +35,9 @@ class RMSPropState(NamedTuple):
       overflowing). Schedules are evaluated at ``count`` (0-based); bias
       correction uses ``count + 1``.
     nu: EMA of the squared gradient magnitudes ``|g|^2``, one array per
-      parameter (real even for complex parameters).
+      parameter (real even for complex parameters). With ``centered=True``
+      and ``nu_quantization="8bit"`` it holds the centered variance
+      ``nu - |mu|^2`` instead (see ``rmsprop``).
     mu: EMA of the gradients (``centered=True``), else ``None``.
     momentum: the momentum buffer (``momentum`` not ``None``), else ``None``.
     nu_scale: with ``nu_quantization="8bit"``, one float32 maximum per block
@@ -224,17 +225,29 @@ def _apply(
       if coupled_wd and decay_this_leaf:
         g = g + wd * p  # L2: enters the statistics (PyTorch's weight_decay).
 
-      # Second moment (and first, centered) -- optax's order of operations.
-      new_nu = store("nu", (1 - decay) * _abs_sq(g) + decay * nu)
-      nu_hat = new_nu if debias is None else new_nu / debias.astype(new_nu.dtype)
-      if static.centered:
+      if static.centered and forms["nu"] != "float":
+        # 8-bit nu, centered: nu holds the variance nu - |mu|^2 itself, as
+        # its exact recurrence var = rho * (var + (1 - rho) |g - mu|^2):
+        # 8-bit codes of nu and mu (a few % each) would make their
+        # difference meaningless wherever |mu|^2 is close to nu.
+        new_var = store("nu", decay * (nu + (1 - decay) * _abs_sq(g - mu)))
         new_mu = store("mu", (1 - decay) * g + decay * mu)
-        mu_hat = new_mu if debias is None else new_mu / debias.astype(new_mu.dtype)
-        # nu - |mu|^2 >= 0 in exact arithmetic; clamp the rounding error that
-        # would otherwise give sqrt(negative) = NaN.
-        var = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
+        if debias is not None:  # nu_hat - |mu_hat|^2, nu = var + |mu|^2
+          b = debias.astype(new_var.dtype)
+          new_var = new_var / b + _abs_sq(new_mu) * ((b - 1) / (b * b))
+        var = jnp.maximum(new_var, 0)
       else:
-        var = nu_hat
+        # Second moment (and first, centered) -- optax's order of operations.
+        new_nu = store("nu", (1 - decay) * _abs_sq(g) + decay * nu)
+        nu_hat = new_nu if debias is None else new_nu / debias.astype(new_nu.dtype)
+        if static.centered:
+          new_mu = store("mu", (1 - decay) * g + decay * mu)
+          mu_hat = new_mu if debias is None else new_mu / debias.astype(new_mu.dtype)
+          # nu - |mu|^2 >= 0 in exact arithmetic; clamp the rounding error that
+          # would otherwise give sqrt(negative) = NaN.
+          var = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
+        else:
+          var = nu_hat
       if static.eps_in_sqrt:
         u = jax.lax.rsqrt(var + eps) * g
       else:
@@ -666,10 +679,22 @@ def rmsprop(
     mu_dtype: dtype of :math:`\mu` (centered); default as ``nu_dtype``.
     momentum_dtype: dtype of the momentum buffer; default the parameter's.
     nu_quantization: ``"8bit"`` stores :math:`\nu` blockwise in 8 bits
-      (uint8 log-domain codes plus one float32 maximum per block of 256:
-      1.016 bytes per parameter instead of 4), dequantized inside the update
-      and requantized with stochastic rounding; see ``optax_rms._quantize``
-      and ``docs/numerics.md`` for its accuracy. ``None``: not quantized.
+      (uint8 codes of a small float relative to each block's maximum, plus
+      that maximum in float32 per block of 256: 1.016 bytes per parameter
+      instead of 4), rounded stochastically (unbiased); with ``centered``
+      it stores the variance :math:`\nu - |\mu|^2` itself (its exact
+      recurrence), which 8-bit codes of :math:`\nu` and :math:`\mu` could
+      not resolve where the mean dominates. See ``optax_rms._quantize`` and
+      ``docs/numerics.md`` for its accuracy. ``None``: not quantized.
+    mu_quantization: ``"8bit"`` stores :math:`\mu` (``centered``) in signed
+      8-bit blockwise codes (sign and a 7-bit float, as FP8 E4M3, per block
+      maximum), 1.016 bytes per parameter.
+    momentum_quantization: ``"8bit"``: the momentum buffer in the same signed
+      codes. With any buffer in 8 bits, the step reads every buffer as stored
+      (the decoded codes), so that no float32 copy of a leaf is kept at the
+      peak of the update; a buffer never shares a block with another
+      parameter (also under ``pack_small``), and a non-finite element leaves
+      its block's scale and neighbours alone.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is one

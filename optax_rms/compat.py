@@ -11,7 +11,9 @@ MXNet's ``clip_weights``, a clip of the parameters behind.
 Learning rates may be numbers or optax schedules of the 0-based step. The
 returned update is applied as usual with ``optax.apply_updates``. Where a
 preset needs no pre/post-processing it returns the bare ``rmsprop`` (one flat
-:class:`optax_rms.RMSPropState`); otherwise an ``optax.chain``.
+:class:`optax_rms.RMSPropState`); otherwise an ``optax.chain``, which Keras'
+gradient accumulation wraps in ``optax.MultiSteps`` and its ``use_ema`` in
+:func:`optax_rms.ema_params`.
 
 The differences between the frameworks are tabulated in ``docs/porting.md``.
 """
@@ -25,9 +27,33 @@ import jax.numpy as jnp
 import optax
 
 from optax_rms import _checks
+from optax_rms._ema import ema_params
 from optax_rms._rmsprop import rmsprop
 
 __all__ = ["keras", "mxnet", "pytorch", "tf1", "timm"]
+
+
+# State storage (dtypes, 8-bit codes) is no part of any framework's RMSprop:
+# every preset passes these keywords through to optax_rms.rmsprop unchanged.
+STATE_STORAGE = (
+  "nu_dtype",
+  "mu_dtype",
+  "momentum_dtype",
+  "nu_quantization",
+  "mu_quantization",
+  "momentum_quantization",
+)
+
+
+def _state_storage(preset: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+  unknown = sorted(set(kwargs) - set(STATE_STORAGE))
+  if unknown:
+    raise TypeError(
+      f"optax_rms.compat.{preset}() got unexpected keyword argument(s) "
+      f"{unknown}; beside the framework's own arguments it takes only the "
+      f"state-storage options of optax_rms.rmsprop: {list(STATE_STORAGE)}."
+    )
+  return kwargs
 
 
 def _momentum_or_none(momentum: Any) -> Any:
@@ -53,6 +79,7 @@ def pytorch(
   momentum: float = 0,
   centered: bool = False,
   maximize: bool = False,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``torch.optim.RMSprop``.
 
@@ -71,6 +98,12 @@ def pytorch(
   Complex parameters: PyTorch views them as pairs of reals (one ``nu`` per real
   and imaginary part); optax_rms uses ``|g|^2`` as optax does, so complex
   trajectories differ.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -91,6 +124,7 @@ def pytorch(
     weight_decay=_weight_decay_or_none(weight_decay),
     weight_decay_mode="coupled",
     maximize=maximize,
+    **_state_storage("pytorch", state_storage),
   )
 
 
@@ -109,6 +143,22 @@ def _clip_each_by_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
+def _divide(divisor: float) -> optax.GradientTransformation:
+  """Keras' ``g / divisor`` (a division: multiplying by 1/divisor rounds
+  differently when the divisor is not a power of 2)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda g: g / divisor, updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def _at_call_count(schedule: optax.Schedule, steps: int) -> optax.Schedule:
+  """``schedule`` of the update count -> of the call count before that update."""
+  return lambda count: schedule(count * steps + (steps - 1))
+
+
 def keras(
   learning_rate: optax.ScalarOrSchedule = 0.001,
   rho: float = 0.9,
@@ -119,6 +169,12 @@ def keras(
   clipnorm: float | None = None,
   clipvalue: float | None = None,
   global_clipnorm: float | None = None,
+  use_ema: bool = False,
+  ema_momentum: float = 0.99,
+  ema_overwrite_frequency: int | None = None,
+  loss_scale_factor: float | None = None,
+  gradient_accumulation_steps: int | None = None,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keras 3 ``keras.optimizers.RMSprop``.
 
@@ -134,9 +190,48 @@ def keras(
   ``global_clipnorm`` over all, ``clipvalue`` elementwise (Keras allows only
   one of them).
 
+  Keras' optimizer-level options, in the order Keras applies them:
+
+  - ``loss_scale_factor``: Keras' ``fit`` multiplies the loss by it
+    (``optimizer.scale_loss``) and ``apply`` divides the gradients by it. This
+    transformation divides the gradients it is given, as ``apply`` does: so
+    differentiate ``loss * loss_scale_factor``, as Keras' ``train_step`` does
+    (the point is to keep small float16 gradients from underflowing), or the
+    gradients are shrunk by the factor.
+  - ``gradient_accumulation_steps=k`` (None, or an int >= 2 as Keras asks):
+    the gradients of ``k`` consecutive calls are summed and the update, on
+    every ``k``-th call, takes their sum divided by ``k`` (clipped, then weight
+    decay and the RMSprop step, all on that call); the other calls return
+    zero updates and leave the statistics as they are. This is
+    ``optax.MultiSteps(..., use_grad_mean=False)`` with the division by ``k``
+    inside (MultiSteps' default running mean rounds differently from Keras'
+    sum / k). As in Keras, a learning-rate schedule is evaluated at the
+    number of *calls* before the update (``k - 1``, ``2k - 1``, ...), not at
+    the number of updates.
+  - ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``: a moving
+    average of the parameters, updated on every call (also between
+    accumulated updates, as Keras does) and, every
+    ``ema_overwrite_frequency`` steps, written into the parameters; see
+    :func:`optax_rms.ema_params`, whose state this returns. Read the average
+    with :func:`optax_rms.get_ema_params` (Keras' ``finalize_variable_values``,
+    which ``fit`` calls at its end, writes it into the model). As in Keras,
+    ``ema_momentum`` and ``ema_overwrite_frequency`` do nothing without
+    ``use_ema`` (they are still checked).
+
+  ``update`` needs ``params`` when ``use_ema=True``.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
+
   Examples:
     >>> import optax_rms
     >>> tx = optax_rms.compat.keras(learning_rate=1e-3, momentum=0.9, clipnorm=1.0)
+    >>> tx = optax_rms.compat.keras(
+    ...   use_ema=True, ema_momentum=0.999, gradient_accumulation_steps=4
+    ... )
   """
   _checks.check_scalar_or_schedule("learning_rate", learning_rate)
   _checks.check_range("rho", rho, low=0.0, high=1.0, high_open=True)
@@ -157,6 +252,29 @@ def keras(
     _checks.check_range(name, clips[name], low=0.0, low_open=True)
   if weight_decay is not None:
     _checks.check_range("weight_decay", weight_decay, low=0.0)
+  _checks.check_bool("use_ema", use_ema)
+  _checks.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0)
+  if ema_overwrite_frequency is not None:
+    _checks.check_int(
+      "ema_overwrite_frequency",
+      ema_overwrite_frequency,
+      low=1,
+      allowed="an int >= 1 or None",
+    )
+  if loss_scale_factor is not None:
+    _checks.check_range("loss_scale_factor", loss_scale_factor, low=0.0, low_open=True)
+  if gradient_accumulation_steps is not None:
+    _checks.check_int(
+      "gradient_accumulation_steps",
+      gradient_accumulation_steps,
+      low=2,
+      allowed="an int >= 2 (as Keras asks), or None for no accumulation",
+    )
+    steps = gradient_accumulation_steps
+    if callable(learning_rate):
+      # Keras evaluates a schedule at its call count, `steps - 1` calls into
+      # each accumulation window; the inner count here counts updates.
+      learning_rate = _at_call_count(learning_rate, steps)
   core = rmsprop(
     learning_rate,
     decay=rho,
@@ -167,14 +285,37 @@ def keras(
     lr_in_momentum=True,
     weight_decay=_weight_decay_or_none(weight_decay),
     weight_decay_mode="decoupled",
+    **_state_storage("keras", state_storage),
   )
+  parts: list[optax.GradientTransformation] = []
+  if gradient_accumulation_steps is not None:
+    parts.append(_divide(gradient_accumulation_steps))
   if clipnorm is not None:
-    return optax.chain(_clip_each_by_norm(clipnorm), core)
+    parts.append(_clip_each_by_norm(clipnorm))
   if global_clipnorm is not None:
-    return optax.chain(optax.clip_by_global_norm(global_clipnorm), core)
+    parts.append(optax.clip_by_global_norm(global_clipnorm))
   if clipvalue is not None:
-    return optax.chain(optax.clip(clipvalue), core)
-  return core
+    parts.append(optax.clip(clipvalue))
+  tx: optax.GradientTransformation = (
+    optax.chain(*parts, core) if parts else core
+  )
+  if gradient_accumulation_steps is not None:
+    # Keras sums the gradients and divides the sum by the steps at the update:
+    # use_grad_mean=False sums in Keras' order, `_divide` (first in `tx`)
+    # divides. MultiSteps' default running mean rounds differently.
+    tx = optax.MultiSteps(
+      tx, every_k_schedule=gradient_accumulation_steps, use_grad_mean=False
+    ).gradient_transformation()
+  if loss_scale_factor is not None:
+    tx = optax.chain(_divide(loss_scale_factor), tx)
+  if use_ema:
+    tx = ema_params(
+      tx,
+      decay=ema_momentum,
+      overwrite_every=ema_overwrite_frequency,
+      accumulation_steps=gradient_accumulation_steps or 1,
+    )
+  return optax.with_extra_args_support(tx)
 
 
 def tf1(
@@ -183,6 +324,7 @@ def tf1(
   momentum: float = 0.0,
   epsilon: float = 1e-10,
   centered: bool = False,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""TensorFlow 1 ``tf.compat.v1.train.RMSPropOptimizer``.
 
@@ -195,6 +337,12 @@ def tf1(
   learning rate enters the momentum buffer. This is the optimizer of the
   EfficientNet/MobileNet TPU recipes (with ``decay=0.9, momentum=0.9,
   epsilon=1e-3``) and of DQN/A3C reference code.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -213,6 +361,7 @@ def tf1(
     centered=centered,
     momentum=_momentum_or_none(momentum),
     lr_in_momentum=True,
+    **_state_storage("tf1", state_storage),
   )
 
 
@@ -240,6 +389,7 @@ def mxnet(
   rescale_grad: float = 1.0,
   wd: float = 0.0,
   clip_gradient: float | None = None,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""MXNet 1.9 ``mx.optimizer.RMSProp``.
 
@@ -260,6 +410,12 @@ def mxnet(
 
   The learning rate schedule is a function of the 0-based step; an MXNet
   ``lr_scheduler`` is called with the 1-based update count.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -290,6 +446,7 @@ def mxnet(
       centered=centered,
       momentum=gamma2 if centered else None,
       lr_in_momentum=True,
+      **_state_storage("mxnet", state_storage),
     )
   )
   if clip_weights is not None:
@@ -306,6 +463,7 @@ def timm(
   centered: bool = False,
   decoupled_decay: bool = False,
   lr_in_momentum: bool = True,
+  **state_storage: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""timm's ``RMSpropTF`` (TensorFlow-style RMSprop in PyTorch).
 
@@ -319,6 +477,12 @@ def timm(
   \beta b + u;\ \theta \leftarrow \theta - \eta_t b`; with
   ``decoupled_decay`` the parameters are first scaled by
   :math:`1 - \eta_t\lambda`.
+
+  ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
+  (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,
+  ``mu_quantization``, ``momentum_quantization``) pass through: the framework
+  has no such option, and they change how the state is stored, not the
+  update's math.
 
   Examples:
     >>> import optax_rms
@@ -339,4 +503,5 @@ def timm(
     lr_in_momentum=lr_in_momentum,
     weight_decay=_weight_decay_or_none(weight_decay),
     weight_decay_mode="decoupled" if decoupled_decay else "coupled",
+    **_state_storage("timm", state_storage),
   )

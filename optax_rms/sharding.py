@@ -49,6 +49,8 @@ sharding); with ``AxisType.Explicit`` the mirrored placement is what
 ``jax.jit(tx.init)`` produces anyway, and a ZeRO-1 step must put the updates
 back on the parameters' sharding (``out_shardings`` of the step, or
 ``jax.sharding.reshard``) or the parameters would inherit the state's split.
+``memory_kind="pinned_host"`` puts every state leaf in host memory, specs
+unchanged: the shardings of ``optax_rms.host_offload``'s state.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from optax_rms._offload import check_memory_kind
 from optax_rms._pack import PackedLeaves
 
 __all__ = [
@@ -167,6 +170,20 @@ def zero1_sharding(
   new_axes = (*_axes(spec[best]), data_axis)
   new_spec[best] = new_axes[0] if len(new_axes) == 1 else new_axes
   return NamedSharding(mesh, PartitionSpec(*new_spec), memory_kind=sharding.memory_kind)
+
+
+def _in_memory(state_shardings: Any, memory_kind: str | None) -> Any:
+  """``state_shardings`` with every leaf in ``memory_kind`` (None: as they are)."""
+  if memory_kind is None:
+    return state_shardings
+  leaves = jax.tree.leaves(state_shardings)
+  # A device of the mesh that this process drives (the others' memories are
+  # the same kinds).
+  here = jax.process_index()
+  devices = leaves[0].mesh.devices.flat if leaves else ()
+  device = next((d for d in devices if d.process_index == here), jax.local_devices()[0])
+  kind = check_memory_kind(memory_kind, device)
+  return jax.tree.map(lambda s: s.with_memory_kind(kind), state_shardings)
 
 
 def _leaf_path(path: Any) -> str:
@@ -344,6 +361,7 @@ def state_shardings(
   params: optax.Params,
   *,
   shardings: NamedSharding | Any | None = None,
+  memory_kind: str | None = None,
 ) -> Any:
   """Shardings of ``tx``'s state that mirror the params (the default placement).
 
@@ -363,6 +381,10 @@ def state_shardings(
       ``shardings`` is given).
     shardings: the params' shardings: a pytree of ``NamedSharding`` with the
       structure of ``params``, or one ``NamedSharding`` for all of them.
+    memory_kind: the memory every state leaf lives in (``"pinned_host"`` for
+      the state of ``optax_rms.host_offload``); default: the params'
+      shardings' (the device's). One of the kinds of the mesh's devices
+      (``device.addressable_memories()``).
 
   Returns:
     A pytree of ``NamedSharding`` with the structure of ``tx.init(params)``.
@@ -370,8 +392,9 @@ def state_shardings(
   Raises:
     TypeError: a parameter without a ``NamedSharding`` (name of the leaf
       given), or ``params`` holding shardings instead of arrays.
-    ValueError: ``shardings`` not shaped like ``params``, or parameters on
-      different meshes.
+    ValueError: ``shardings`` not shaped like ``params``, parameters on
+      different meshes, or a ``memory_kind`` the devices do not have (their
+      kinds listed).
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -391,7 +414,8 @@ def state_shardings(
     >>> state.count.sharding.is_fully_replicated
     True
   """
-  return _map_state(tx, params, shardings, lambda _, s: s)
+  state = _map_state(tx, params, shardings, lambda _, s: s)
+  return _in_memory(state, memory_kind)
 
 
 def zero1_state_shardings(
@@ -400,6 +424,7 @@ def zero1_state_shardings(
   data_axis: str,
   *,
   shardings: NamedSharding | Any | None = None,
+  memory_kind: str | None = None,
 ) -> Any:
   r"""ZeRO-1 shardings of ``tx``'s state: split over the data axis as well.
 
@@ -426,6 +451,10 @@ def zero1_state_shardings(
     data_axis: the name of the data-parallel mesh axis.
     shardings: the params' shardings: a pytree of ``NamedSharding`` with the
       structure of ``params``, or one ``NamedSharding`` for all of them.
+    memory_kind: the memory every state leaf lives in (``"pinned_host"`` for
+      the state of ``optax_rms.host_offload``); default: the params'
+      shardings' (the device's). One of the kinds of the mesh's devices
+      (``device.addressable_memories()``).
 
   Returns:
     A pytree of ``NamedSharding`` with the structure of ``tx.init(params)``.
@@ -434,8 +463,8 @@ def zero1_state_shardings(
     TypeError: a parameter without a ``NamedSharding``, ``params`` holding
       shardings instead of arrays, or ``data_axis`` not a str.
     ValueError: ``data_axis`` is not an axis of the params' mesh (the axes are
-      listed), ``shardings`` not shaped like ``params``, or parameters on
-      different meshes.
+      listed), ``shardings`` not shaped like ``params``, parameters on
+      different meshes, or a ``memory_kind`` the devices do not have.
 
   Examples:
     A 1M-parameter layer replicated over 8 devices, with momentum (2 buffers):
@@ -464,9 +493,10 @@ def zero1_state_shardings(
   """
   # Leaves shaped otherwise than their parameter start from replicated.
   leaf_fn = lambda leaf, s: zero1_sharding(s, leaf.shape, data_axis)
-  return _map_state(
+  state = _map_state(
     tx, params, shardings, leaf_fn, lambda mesh: _check_axis(mesh, data_axis)
   )
+  return _in_memory(state, memory_kind)
 
 
 def bytes_per_device(tree: Any, shardings: Any | None = None) -> int:

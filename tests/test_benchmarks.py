@@ -247,6 +247,7 @@ def test_render_markdown_and_chart(report, results, tmp_path):
   markdown = report.render(results, command="pytest")
   (tmp_path / "RESULTS.md").write_text(markdown)
   assert "## Targets:" in markdown and "## Bandwidth roofline" in markdown
+  assert "## Train step" in markdown and "RESULTS_train_step.md" in markdown
   for heading in ("Optimizer state memory", "Compile time", "Eager update"):
     assert f"## {heading}" in markdown
   assert results["machine"]["cpu"] in markdown

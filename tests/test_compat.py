@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tolerances import VS_FRAMEWORK, assert_close
+from tolerances import SAME_MATH, VS_FRAMEWORK, assert_close
 
+import optax_rms
 from optax_rms import compat
 
 GOLDENS = pathlib.Path(__file__).resolve().parent / "goldens"
@@ -70,15 +71,20 @@ def run_compat(fw, kwargs, lrs, params0, grads):
     updates, state = tx.update(g, state, params)
     return optax.apply_updates(params, updates), state
 
-  out = {k: [] for k in params}
+  use_ema = kwargs.get("use_ema", False)
+  out = {k: [] for k in (*params, *(f"ema/{k}" for k in params if use_ema))}
   for t in range(len(lrs)):
     params, state = step(params, state, {k: jnp.asarray(grads[k][t]) for k in params})
     for k in params:
       out[k].append(np.asarray(params[k]))
+    if use_ema:  # the average, as Keras' finalize_variable_values would write it
+      for k, v in optax_rms.get_ema_params(state).items():
+        out[f"ema/{k}"].append(np.asarray(v))
   return {k: np.stack(v) for k, v in out.items()}
 
 
 def _assert_trajectories_match(got, want, label):
+  assert sorted(got) == sorted(want), label
   for k in want:
     for t in range(want[k].shape[0]):
       assert_close(
@@ -103,7 +109,12 @@ def test_matches_golden(fw, case):
   golden = np.load(GOLDENS / f"{fw}.npz")
   kwargs = _manifest(fw)["cases"][case]["kwargs"]
   lrs = golden[f"{case}/lrs"]
-  want = {k: golden[f"{case}/{k}"] for k in ("w", "b")}
+  prefix = f"{case}/"
+  want = {
+    k[len(prefix) :]: golden[k]
+    for k in golden.files
+    if k.startswith(prefix) and k != f"{case}/lrs"
+  }
   got = run_compat(fw, kwargs, lrs, params0, grads)
   _assert_trajectories_match(got, want, f"{fw}/{case}")
 
@@ -138,6 +149,10 @@ def test_matches_live_framework(fw, case):
   lrs = np.load(GOLDENS / f"{fw}.npz")[f"{case}/lrs"]
   kwargs = _manifest(fw)["cases"][case]["kwargs"]
   runner = getattr(_frameworks_module(), f"run_{fw}")
+  if fw == "keras" and importlib.import_module("keras").backend.backend() == "jax":
+    # Keras' JAX trainer's own path (jitted stateless_apply), and fast: eager
+    # apply_gradients retraces the accumulation/EMA lax.conds every step.
+    runner = _frameworks_module().run_keras_stateless
   want = runner(dict(kwargs), lrs, params0, grads)
   got = run_compat(fw, kwargs, lrs, params0, grads)
   _assert_trajectories_match(got, want, f"live {fw}/{case}")
@@ -177,8 +192,6 @@ def test_compat_validates_with_the_frameworks_names(ctor, kwargs, pattern):
 
 
 def test_bare_presets_keep_one_flat_state():
-  import optax_rms
-
   params = {"w": jnp.ones(3)}
   for tx in (
     compat.pytorch(momentum=0.9),
@@ -188,3 +201,104 @@ def test_bare_presets_keep_one_flat_state():
     compat.mxnet(),
   ):
     assert isinstance(tx.init(params), optax_rms.RMSPropState)
+
+
+# Keras' optimizer-level options: bad values, and whether Keras 3.15 itself
+# rejects them (ours are errors at construction either way; where Keras accepts
+# a value it then ignores or misuses, optax_rms is stricter).
+_KERAS_OPTION_ERRORS = [
+  (dict(use_ema=True, ema_momentum=1.5), ValueError, r"ema_momentum", True),
+  (dict(use_ema=True, ema_momentum=-0.1), ValueError, r"ema_momentum", True),
+  (dict(use_ema=True, ema_overwrite_frequency=0.5), TypeError, r"ema_overwrite", True),
+  (dict(use_ema=True, ema_overwrite_frequency=-1), ValueError, r"ema_overwrite", True),
+  (dict(gradient_accumulation_steps=1), ValueError, r"gradient_accumulation", True),
+  (dict(gradient_accumulation_steps=-2), ValueError, r"gradient_accumulation", True),
+  # Keras accepts these: 0 as "off", 2.5 (then counts modulo 2.5), any factor,
+  # a truthy non-bool, and an out-of-range momentum while use_ema is off.
+  (dict(gradient_accumulation_steps=0), ValueError, r"gradient_accumulation", False),
+  (dict(gradient_accumulation_steps=2.5), TypeError, r"gradient_accumulation", False),
+  (dict(loss_scale_factor=0.0), ValueError, r"loss_scale_factor", False),
+  (dict(loss_scale_factor=float("inf")), ValueError, r"loss_scale_factor", False),
+  (dict(use_ema=1), TypeError, r"use_ema", False),
+  (dict(ema_momentum=2.0), ValueError, r"ema_momentum", False),
+  (dict(use_ema=True, ema_overwrite_frequency=True), TypeError, r"ema_over", False),
+]
+
+
+@pytest.mark.parametrize(
+  "kwargs,error,pattern,keras_raises",
+  _KERAS_OPTION_ERRORS,
+  ids=[str(c[0]) for c in _KERAS_OPTION_ERRORS],
+)
+def test_keras_options_validated_at_construction(kwargs, error, pattern, keras_raises):
+  with pytest.raises(error, match=pattern):
+    compat.keras(**kwargs)
+  if keras_raises and importlib.util.find_spec("keras"):
+    import keras
+
+    with pytest.raises((ValueError, TypeError)):
+      keras.optimizers.RMSprop(**kwargs)
+
+
+def _run_keras_preset(kwargs, grads, steps=12):
+  tx = compat.keras(learning_rate=0.01, **kwargs)
+  params = {k: jnp.asarray(v) for k, v in _inputs()[0].items()}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for t in range(steps):
+    g_t = {k: jnp.asarray(g[t]) for k, g in grads.items()}
+    updates, state = step(g_t, state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(momentum=0.9, clipnorm=1.0)])
+def test_keras_loss_scale_factor_undoes_a_scaled_loss(kwargs):
+  """Gradients of ``loss * factor`` (as Keras' train_step makes them) take
+  the unscaled trajectory. A power-of-2 factor scales and unscales exactly,
+  but the two programs fuse differently under XLA (a ulp apart seen): so
+  SAME_MATH, not bitwise."""
+  grads = _inputs()[1]
+  factor = 1024.0
+  scaled = {k: (g * np.float32(factor)).astype(np.float32) for k, g in grads.items()}
+  want, _ = _run_keras_preset(kwargs, grads)
+  got, _ = _run_keras_preset(dict(kwargs, loss_scale_factor=factor), scaled)
+  for k in want:
+    assert_close(got[k], want[k], SAME_MATH, jnp.float32, err_msg=k)
+
+
+def test_keras_gradient_accumulation_moves_only_every_k_calls():
+  grads = _inputs()[1]
+  tx = compat.keras(gradient_accumulation_steps=3, use_ema=True)
+  params = {k: jnp.asarray(v) for k, v in _inputs()[0].items()}
+  state = tx.init(params)
+  moved = []
+  for t in range(9):
+    g_t = {k: jnp.asarray(g[t]) for k, g in grads.items()}
+    updates, state = tx.update(g_t, state, params)
+    moved.append(any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates)))
+    params = optax.apply_updates(params, updates)
+  assert moved == [False, False, True] * 3
+  ema = optax_rms.get_ema_params(state)
+  assert jax.tree.structure(ema) == jax.tree.structure(params)
+
+
+@pytest.mark.parametrize("preset", ["pytorch", "keras", "tf1", "mxnet", "timm"])
+def test_presets_pass_state_storage_through_and_refuse_other_keywords(preset):
+  """No framework has 8-bit state: the presets pass rmsprop's state-storage
+  keywords through (same math, other storage) and name anything else."""
+  preset_fn = getattr(optax_rms.compat, preset)
+  make = (lambda **kw: preset_fn(0.01, **kw)) if preset == "tf1" else preset_fn
+  centered = dict(centered=True)
+  kw = dict(nu_quantization="8bit", mu_quantization="8bit")
+  p = {"w": jnp.ones((4, 3))}
+  state = make(**centered, **kw).init(p)
+  leaves = jax.tree.leaves(state)
+  assert sum(x.dtype == jnp.uint8 for x in leaves) == 2  # nu and mu codes
+  bf16 = make(**centered, nu_dtype="bfloat16").init(p)
+  assert any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(bf16))
+  unexpected = r"unexpected keyword argument\(s\) \['decay_rate'\]"
+  with pytest.raises(TypeError, match=unexpected):
+    make(decay_rate=0.5)
+  with pytest.raises(ValueError, match="momentum_quantization"):
+    make(momentum_quantization="8bit")  # momentum off by default

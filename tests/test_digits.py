@@ -75,9 +75,59 @@ def test_unknown_variant_is_refused(digits):
     digits["main"](["--variant", "adam"])
 
 
-def _run_example(*args):
+def test_help_answers_before_importing_jax():
+  """--help is parsed before the heavy imports (it took ~5 s after them).
+
+  Checked by what is imported, not by time: the script runs as __main__ in a
+  fresh interpreter, and after argparse's exit no jax, flax or optax module is
+  loaded.
+  """
+  script = EXAMPLES / "train_digits.py"
+  probe = (
+    "import runpy, sys\n"
+    f"sys.argv = [{str(script)!r}, '--help']\n"
+    "try:\n"
+    f"  runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    "except SystemExit as exit:\n"
+    "  print('exit code', exit.code)\n"
+    "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+    "('jax', 'jaxlib', 'flax', 'optax', 'optax_rms', 'orbax', 'sklearn'))\n"
+    "print('heavy modules:', heavy)\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", probe],
+    check=True,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert "--checkpoint-every" in result.stdout
+  assert "epochs to train" in result.stdout  # --epochs has a help text
+  assert "exit code 0" in result.stdout
+  assert "heavy modules: []" in result.stdout, result.stdout
+
+
+def test_default_output_depends_on_the_variant(digits, monkeypatch, tmp_path):
+  """Each variant writes to its own directory (pytorch overwrote plain's plot)."""
+  plots = {
+    v: digits["default_out"](v) / digits["PLOT_NAME"] for v in digits["VARIANTS"]
+  }
+  assert len(set(plots.values())) == len(plots), plots
+  # The README's path for the default run is the default run's.
+  readme = (EXAMPLES.parent / "README.md").read_text()
+  default = digits["default_out"](None) / digits["PLOT_NAME"]
+  assert default == plots["plain"]
+  assert f"# -> {default}" in readme
+  # The command line without --out writes there, relative to the working dir.
+  monkeypatch.chdir(tmp_path)
+  digits["main"](["--epochs", "1", "--variant", "pytorch"])
+  assert (tmp_path / plots["pytorch"]).read_bytes()[:8] == PNG_MAGIC
+  assert not (tmp_path / plots["plain"]).exists()
+
+
+def _run_example(*args, script="train_digits.py"):
   return subprocess.run(
-    [sys.executable, str(EXAMPLES / "train_digits.py"), *args],
+    [sys.executable, str(EXAMPLES / script), *args],
     check=True,
     capture_output=True,
     text=True,
@@ -165,3 +215,50 @@ def test_linen_example_trains_with_a_train_state(tmp_path, capsys):
   assert int(result["state"].step) == 3 * (n_train // linen["BATCH_SIZE"])
   assert (tmp_path / linen["PLOT_NAME"]).read_bytes()[:8] == PNG_MAGIC
   assert "test accuracy" in capsys.readouterr().out
+
+
+def test_linen_resume_in_a_fresh_process_equals_training_straight(tmp_path, capsys):
+  """The Linen example's --checkpoint-every / --resume, as the NNX test above.
+
+  CPU only, for the reason given there.
+  """
+  if jax.default_backend() != "cpu":
+    pytest.skip("bitwise resume needs the same kernels in both processes (CPU)")
+  linen = runpy.run_path(str(EXAMPLES / "train_digits_linen.py"))
+  out = tmp_path / "resumed"
+  common = ["--out", str(out)]
+  first = _run_example(
+    "--epochs",
+    "2",
+    "--checkpoint-every",
+    "1",
+    "--variant",
+    "momentum",
+    *common,
+    script="train_digits_linen.py",
+  )
+  assert "Resumed" not in first.stdout
+  second = _run_example(
+    "--epochs", "4", "--resume", *common, script="train_digits_linen.py"
+  )
+  assert "Resumed from epoch 2" in second.stdout
+  assert "variant momentum" in second.stdout  # from the checkpoint
+  resumed, history, config = linen["train"](epochs=4, resume=True, out=out)
+  assert "Resumed from epoch 4" in capsys.readouterr().out
+  assert config["variant"] == "momentum"
+  straight, straight_history, _ = linen["train"](
+    epochs=4, variant="momentum", out=tmp_path / "straight"
+  )
+  assert history["epoch"] == [1, 2, 3, 4]
+  assert int(resumed.step) == int(straight.step) > 0
+  # Params and the optimizer state (count, nu, momentum trace): same
+  # computation in the same binary, equal to float32 rounding.
+  for name in ("params", "opt_state"):
+    a_leaves = jax.tree.leaves(getattr(resumed, name))
+    b_leaves = jax.tree.leaves(getattr(straight, name))
+    assert len(a_leaves) == len(b_leaves) > 0
+    for a, b in zip(a_leaves, b_leaves, strict=True):
+      assert_close(a, b, SAME_MATH, jnp.float32, name)
+  assert history["test_accuracy"] == pytest.approx(
+    straight_history["test_accuracy"], abs=1e-6
+  )

@@ -575,6 +575,43 @@ def test_two_processes_match_one_process_on_8_devices(two_process_run, example):
   assert losses[-1] < losses[0]
 
 
+@pytest.fixture(scope="module")
+def two_process_offloaded_run(tmp_path_factory):
+  """The 2-process run again with --offload-state; returns the output .npz."""
+  tmp = tmp_path_factory.mktemp("two_processes_offloaded")
+  out = tmp / "final.npz"
+  port = _free_port()
+  argvs = [
+    _example_argv(
+      port,
+      i,
+      f"--steps={TRAIN_STEPS}",
+      "--offload-state",
+      *([f"--output={out}"] if i == 0 else []),
+    )
+    for i in range(PROCESSES)
+  ]
+  codes, _ = _run_processes(argvs, _subprocess_env(), tmp)
+  if codes != [0] * PROCESSES:
+    pytest.fail(f"2-process run failed or ran past {TIMEOUT_S} s:\n{_logs(tmp, codes)}")
+  return out
+
+
+def test_two_processes_with_offloaded_state_match_the_device_resident_run(
+  two_process_offloaded_run, two_process_run
+):
+  # The state in pinned host memory (gloo's all-reduces of the gradients
+  # included, as before): the same program on the same devices, so the same
+  # bits as the device-resident 2-process run.
+  got, want = np.load(two_process_offloaded_run), np.load(two_process_run[0])
+  assert bool(got["offload_state"]) and not bool(want["offload_state"])
+  assert list(got["state_memory_kinds"]) == ["pinned_host"]
+  assert list(want["state_memory_kinds"]) == ["device"]
+  assert int(got["steps"]) == int(want["steps"]) == TRAIN_STEPS
+  for key in [k for k in want.files if k.startswith("params.")] + ["losses"]:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 RESUME_LAYOUTS = {
   "8": dict(shape=(8,), n=8),  # the same mesh shape, now in one process
   "2x4": dict(shape=(2, 4), n=8),  # data x model, params split over model

@@ -110,3 +110,23 @@ def test_train_lm_state_modes_and_rounding(tmp_path):
     else:
       with pytest.raises(ValueError, match=f"optax_rms.{name[rounding]}"):
         lm["make_optimizer"](rounding=rounding)
+
+
+def test_linear_regression_prints_its_comparison_with_mxnet(capsys, monkeypatch):
+  """The default run compares with MXNet's golden run (not only --check-golden)."""
+  module = runpy.run_path(str(EXAMPLES / "linear_regression.py"))
+  worst = module["main"]([])
+  out = capsys.readouterr().out
+  assert "MXNet RMSProp" in out and "w = " in out and ", MXNet: " in out
+  assert worst is not None and worst <= module["RTOL"]
+  printed = float(
+    out.split("max relative difference from MXNet (losses, w, b): ")[1][:7]
+  )
+  assert printed == float(f"{worst:.1e}")
+  assert f"agrees to rtol {module['RTOL']:g}" in out
+  # --check-golden fails the run when it does not agree (here: rtol 0).
+  monkeypatch.setitem(module["main"].__globals__, "RTOL", 0.0)
+  with pytest.raises(SystemExit) as exit_info:
+    module["main"](["--check-golden"])
+  assert exit_info.value.code == 1
+  assert "DOES NOT agree" in capsys.readouterr().out

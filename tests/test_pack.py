@@ -323,3 +323,17 @@ def test_eager_update_equals_jitted():
       jax.tree.leaves((eager, state_e)), jax.tree.leaves((jitted, state_j)), strict=True
     ):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_state_packed_for_other_shapes_is_refused_naming_the_leaf():
+  """The flat vectors of {'a': (3,), 'b': (5,)} and {'a': (5,), 'b': (3,)}
+  have the same size: the state remembers each leaf's shape, and bare
+  rmsprop's per-leaf check holds under pack_small too."""
+  tx = optax_rms.pack_small(optax_rms.rmsprop(LR))
+  state = tx.init({"a": jnp.zeros(3), "b": jnp.zeros(5)})
+  swapped = {"a": jnp.ones(5), "b": jnp.ones(3)}
+  with pytest.raises(ValueError, match=r"parameter \['a'\] of shape \(3,\).*\(5,\)"):
+    tx.update(swapped, state, swapped)
+  with pytest.raises(ValueError, match=r"\['a'\].*shape"):
+    optax_rms.rmsprop(LR).update(swapped, optax_rms.rmsprop(LR).init(
+      {"a": jnp.zeros(3), "b": jnp.zeros(5)}))

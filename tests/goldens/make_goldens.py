@@ -82,6 +82,85 @@ CASES: dict[str, dict[str, tuple[dict[str, Any], str]]] = {
       },
       "schedule",
     ),
+    # Keras' optimizer-level options (issue 18), alone and combined.
+    "ema": ({"use_ema": True}, "constant"),
+    "ema_momentum": ({"use_ema": True, "ema_momentum": 0.9}, "constant"),
+    "ema_overwrite": (
+      {"use_ema": True, "ema_momentum": 0.9, "ema_overwrite_frequency": 5},
+      "constant",
+    ),
+    "ema_momentum_weight_decay": (
+      {
+        "use_ema": True,
+        "ema_momentum": 0.8,
+        "ema_overwrite_frequency": 7,
+        "momentum": 0.9,
+        "weight_decay": 0.1,
+      },
+      "constant",
+    ),
+    "ema_centered_clipnorm": (
+      {"use_ema": True, "ema_momentum": 0.9, "centered": True, "clipnorm": 1.0},
+      "constant",
+    ),
+    "ema_global_clipnorm_sched": (
+      {"use_ema": True, "ema_overwrite_frequency": 3, "global_clipnorm": 1.0},
+      "schedule",
+    ),
+    "loss_scale": ({"loss_scale_factor": 3.0}, "constant"),
+    "loss_scale_clipvalue_momentum": (
+      {"loss_scale_factor": 3.0, "clipvalue": 0.5, "momentum": 0.9},
+      "constant",
+    ),
+    "loss_scale_centered_weight_decay": (
+      {"loss_scale_factor": 0.1, "centered": True, "weight_decay": 0.1},
+      "constant",
+    ),
+    "accumulation": ({"gradient_accumulation_steps": 3}, "constant"),
+    "accumulation_momentum_sched": (
+      {"gradient_accumulation_steps": 4, "momentum": 0.9},
+      "schedule",
+    ),
+    "accumulation_clipnorm": (
+      {"gradient_accumulation_steps": 3, "clipnorm": 1.0},
+      "constant",
+    ),
+    "accumulation_global_clipnorm_centered": (
+      {"gradient_accumulation_steps": 2, "global_clipnorm": 1.0, "centered": True},
+      "constant",
+    ),
+    "accumulation_clipvalue_weight_decay_sched": (
+      {"gradient_accumulation_steps": 3, "clipvalue": 0.5, "weight_decay": 0.1},
+      "schedule",
+    ),
+    "accumulation_ema": (
+      {"gradient_accumulation_steps": 3, "use_ema": True, "ema_momentum": 0.9},
+      "constant",
+    ),
+    "accumulation_ema_overwrite": (
+      {
+        "gradient_accumulation_steps": 2,
+        "use_ema": True,
+        "ema_momentum": 0.9,
+        "ema_overwrite_frequency": 2,
+      },
+      "constant",
+    ),
+    "all_options_sched": (
+      {
+        "rho": 0.8,
+        "momentum": 0.5,
+        "centered": True,
+        "weight_decay": 0.01,
+        "global_clipnorm": 2.0,
+        "use_ema": True,
+        "ema_momentum": 0.9,
+        "ema_overwrite_frequency": 2,
+        "loss_scale_factor": 3.0,
+        "gradient_accumulation_steps": 3,
+      },
+      "schedule",
+    ),
   },
   "tf1": {
     "default": ({}, "constant"),
@@ -243,9 +322,9 @@ def run_framework(fw: str, inputs: dict[str, np.ndarray]) -> None:
   for case, (kwargs, lr_name) in CASES[fw].items():
     lrs = inputs[f"lrs/{lr_name}"]
     traj = run(dict(kwargs), lrs, params0, grads)
-    for n in ("w", "b"):
+    for n in traj:  # "w", "b", and "ema/w", "ema/b" where the runner keeps one
       arr = np.asarray(traj[n], np.float32)
-      expected = (T, *params0[n].shape)
+      expected = (T, *params0[n.rsplit("/", 1)[-1]].shape)
       if arr.shape != expected:
         raise RuntimeError(f"{fw}/{case}/{n}: shape {arr.shape}, not {expected}")
       arrays[f"{case}/{n}"] = arr

@@ -1,0 +1,12 @@
+"""Whole-train-step benchmark: step time and peak memory per optimizer.
+
+Run from the repository root: ``python -m benchmarks.train_step --out
+benchmarks/RESULTS_train_step.md`` (``--quick``: tiny models, one round).
+How it measures: benchmarks/README.md, "Train step".
+
+Modules, one concern each: ``harness`` (interleaved timing, XLA's memory
+analysis, the device's peak), ``models`` (the Flax NNX models and scales),
+``rows`` (the optimizers, one line each), ``sections/`` (one file per
+section), ``report`` (Markdown with the targets MET/MISSED), ``run`` (the
+command line).
+"""

@@ -1,0 +1,405 @@
+"""Sphinx configuration of the optax_rms documentation site.
+
+Build (from the repository root; add ``-E`` to rebuild after a docstring
+change, which Sphinx's cache does not see):
+
+  pip install -e ".[docs]" && python -m sphinx -W -b html docs docs/_build/html
+
+What this file does beyond plain settings, at ``builder-inited`` (so that
+importing it, as tests/test_docs_conf.py does, writes nothing):
+
+- **API pages from ``__all__``.** :func:`api_pages` lists one page per name in
+  ``optax_rms.__all__``, and for each public submodule in it (``compat``,
+  ``sharding``) one page per name in that module's ``__all__``; they are
+  written to ``docs/api/`` (generated, git-ignored). A name added to an
+  ``__all__`` appears on the site without an edit here.
+- **Pages that live outside docs/.** ``README.md`` is copied to
+  ``docs/readme.md``, every Markdown file under ``benchmarks/`` to
+  ``docs/benchmarks/`` and the notebook ``examples/rmsprop_variants.ipynb`` to
+  ``docs/examples/`` (generated, git-ignored). :func:`_fix_links` rewrites
+  their relative links (and, through ``source-read``, those of docs/'s own
+  pages) so that they land where they did on GitHub: on the copied page, or
+  on a download of a file that is not a page.
+- **The notebook is executed at every build** by myst-nb (its outputs are
+  stripped in git), in the notebook's folder, with the ``python3`` kernel: the
+  interpreter of this environment, as in tests/test_notebook.py. A failing
+  cell fails the build.
+
+**Math without network.** The docstrings' ``.. math::`` blocks and
+``:math:`` roles, and ``$...$`` in the Markdown pages (myst's ``dollarmath``),
+are typeset by MathJax in the browser. Sphinx would load MathJax from a CDN;
+the machines that build and read this site may have no network beyond the
+package registries, so MathJax 3.2.2 comes from the PyPI package
+``sphinx-mathjax-offline`` (its ``tex-chtml.js`` and woff fonts, copied into
+``_static/mathjax/`` of the built site; ``mathjax_path`` points there). The
+site then renders math from ``file://`` or any server, offline.
+``python docs/check_math.py`` checks, in headless Chromium, that every
+formula of the built site is typeset (docs/images/api_rmsprop.png is its
+screenshot of the rmsprop page).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pathlib
+import re
+import shutil
+import sys
+import types
+from typing import Any
+
+DOCS = pathlib.Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))  # the optax_rms of this checkout
+
+PACKAGE = "optax_rms"
+
+# -- Project -----------------------------------------------------------------
+
+project = "optax_rms"
+author = "the optax_rms authors"
+copyright = "the optax_rms authors"  # noqa: A001 (Sphinx's name)
+release = version = importlib.import_module(PACKAGE).__version__
+
+# -- General -----------------------------------------------------------------
+
+extensions = [
+  "sphinx.ext.autodoc",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.autosummary",  # the tables of names; the pages are api_pages()
+  "sphinx.ext.mathjax",
+  "sphinx.ext.viewcode",
+  "myst_nb",  # Markdown (it includes myst-parser) and notebooks
+]
+
+exclude_patterns = ["_build", "images/README*", "**.ipynb_checkpoints"]
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+root_doc = "index"
+default_role = "py:obj"  # `name` in a docstring links where it can, else code
+pygments_style = "sphinx"
+
+# autodoc + napoleon: the docstrings are Google style (Args:, Returns:,
+# Attributes:, Examples:).
+autodoc_default_options = {"member-order": "bysource"}
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+# Type aliases as written, not expanded into their unions
+# ("Array | ndarray | bool | number | ..." for jax.typing.ArrayLike).
+autodoc_type_aliases = {
+  "jax.typing.ArrayLike": "jax.typing.ArrayLike",
+  "optax.ScalarOrSchedule": "optax.ScalarOrSchedule",
+  "optax.Schedule": "optax.Schedule",
+  "optax.Params": "optax.Params",
+  "optax.Updates": "optax.Updates",
+  "optax.OptState": "optax.OptState",
+  # The package's private aliases, spelled out.
+  "ScalarOrSchedule": "optax.ScalarOrSchedule",
+  "WeightDecayMode": "Literal['coupled', 'decoupled']",
+  "Initable": "optax.GradientTransformation | Callable[[optax.Params], Any]",
+}
+autodoc_preserve_defaults = True  # `learning_rate=1e-3`, not a repr of a schedule
+autosummary_generate = False  # api_pages() writes the pages
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+napoleon_attr_annotations = True
+
+# myst: $...$ and $$...$$ math in Markdown; headings get anchors so that
+# `page.md#section` links resolve.
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+# myst-nb: run the notebook at every build; an error in a cell fails the build.
+nb_execution_mode = "force"
+nb_execution_timeout = 600
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+nb_merge_streams = True
+
+# -- HTML ----------------------------------------------------------------------
+
+html_theme = "sphinx_book_theme"
+html_title = "optax_rms"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_theme_options = {
+  "show_toc_level": 2,
+  "navigation_with_keys": False,
+}
+html_show_sourcelink = False
+
+# MathJax offline (see the module docstring): set in setup() once the package's
+# files are found; sphinx.ext.mathjax adds the <script> tag to pages with math.
+mathjax_path = "mathjax/tex-chtml.js"
+# textmacros: `\_` and other text-mode macros inside \text{} / \texttt{}, as in
+# rmsprop's "\texttt{weight\_decay\_mode}" (without it MathJax shows the
+# backslash). MathJax loads it from _static/mathjax/input/tex/extensions/.
+mathjax3_config = {
+  "loader": {"load": ["[tex]/textmacros"]},
+  "tex": {"packages": {"[+]": ["textmacros"]}},
+}
+
+
+# -- API pages -----------------------------------------------------------------
+
+
+def _public_names(module: types.ModuleType) -> list[str]:
+  names = getattr(module, "__all__", None)
+  if names is None:
+    raise ValueError(f"{module.__name__} has no __all__: its API pages need one.")
+  return list(names)
+
+
+def _title(text: str) -> str:
+  return f"{text}\n{'=' * len(text)}\n"
+
+
+def _object_page(qualname: str, obj: Any) -> str:
+  """The rst of one public name's page, documented under its public path."""
+  if inspect.isclass(obj):
+    if issubclass(obj, tuple):
+      # A NamedTuple: its fields are in the docstring's Attributes: section;
+      # autodoc's members would repeat them as "Alias for field number N".
+      directive = f".. autoclass:: {qualname}\n   :show-inheritance:\n"
+    else:
+      directive = f".. autoclass:: {qualname}\n   :members:\n   :show-inheritance:\n"
+  elif callable(obj):
+    directive = f".. autofunction:: {qualname}\n"
+  else:
+    directive = f".. autodata:: {qualname}\n"
+  return f"{_title(qualname)}\n{directive}"
+
+
+def _summary(entries: list[str]) -> str:
+  """A table of the names with their docstrings' first lines, linked."""
+  lines = "\n".join(f"   {e}" for e in entries)
+  return f".. autosummary::\n   :nosignatures:\n\n{lines}\n"
+
+
+def _toctree(entries: list[str]) -> str:
+  """The pages below this one, for the navigation (the table shows them)."""
+  lines = "\n".join(f"   {e}" for e in entries)
+  return f".. toctree::\n   :hidden:\n\n{lines}\n"
+
+
+def _module_page(qualname: str, module: types.ModuleType) -> str:
+  names = _public_names(module)
+  # automodule makes `qualname` the current module: the table names its
+  # members relative to it (autosummary warns on full names there).
+  return (
+    f"{_title(qualname)}\n"
+    f".. automodule:: {qualname}\n   :no-members:\n\n"
+    f"{_summary(names)}\n{_toctree([f'{qualname}.{n}' for n in names])}"
+  )
+
+
+def api_pages(package: str = PACKAGE) -> dict[str, str]:
+  """The API pages: file name under docs/api/ -> its reStructuredText.
+
+  One page per name in ``package.__all__`` (``autofunction`` / ``autoclass``
+  / ``autodata``), and for a name that is a submodule of the package with an
+  ``__all__`` of its own a module page (its docstring and a table of its
+  names) plus one page per name in that ``__all__``. ``index.rst`` tables
+  them all. Pure: it imports the package and returns text;
+  :func:`write_api_pages` writes it.
+  """
+  root = importlib.import_module(package)
+  pages: dict[str, str] = {}
+  top: list[str] = []
+  modules: dict[str, list[str]] = {}
+  for name in _public_names(root):
+    obj = getattr(root, name)
+    qualname = f"{package}.{name}"
+    if isinstance(obj, types.ModuleType):
+      pages[f"{qualname}.rst"] = _module_page(qualname, obj)
+      modules[qualname] = []
+      for sub in _public_names(obj):
+        subname = f"{qualname}.{sub}"
+        modules[qualname].append(subname)
+        pages[f"{subname}.rst"] = _object_page(subname, getattr(obj, sub))
+    else:
+      top.append(qualname)
+      pages[f"{qualname}.rst"] = _object_page(qualname, obj)
+
+  def section(title: str, text: str) -> str:
+    return f"{title}\n{'-' * len(title)}\n\n{text}"
+
+  index = [
+    _title("API reference"),
+    f"Every public name of ``{package}``, generated from its ``__all__`` (and "
+    "its submodules' ``__all__``) at build time.\n",
+    section(package, _summary(top)),
+  ]
+  for module, names in modules.items():
+    index.append(section(module, _summary([module, *names])))
+  index.append(_toctree([*top, *modules]))
+  pages["index.rst"] = "\n".join(index)
+  return pages
+
+
+def write_api_pages(outdir: pathlib.Path = DOCS / "api") -> None:
+  """Writes :func:`api_pages` to ``outdir``, removing stale pages."""
+  pages = api_pages()
+  outdir.mkdir(exist_ok=True)
+  for stale in outdir.glob("*.rst"):
+    if stale.name not in pages:
+      stale.unlink()
+  for name, text in pages.items():
+    path = outdir / name
+    if not path.exists() or path.read_text() != text:  # keep Sphinx's cache
+      path.write_text(text)
+
+
+# -- Pages from outside docs/ ----------------------------------------------------
+
+
+# Copied under docs/ at build time (generated, git-ignored): the README, every
+# Markdown file under benchmarks/ (README, RESULTS*.md, notes, subfolders'
+# READMEs: index.md's toctree globs them) and the notebook.
+COPIED_FOLDERS = ("benchmarks", "examples")
+
+
+def _copies() -> dict[str, str]:
+  """Repository path -> path under docs/ of the pages copied there."""
+  copies = {
+    "README.md": "readme.md",
+    "examples/rmsprop_variants.ipynb": "examples/rmsprop_variants.ipynb",
+  }
+  for path in sorted((ROOT / "benchmarks").rglob("*.md")):
+    name = path.relative_to(ROOT).as_posix()
+    copies[name] = name
+  return copies
+
+
+_LINK = re.compile(r"\]\((?!https?:|#|mailto:|path:)([^)#\s]+)(#[^)\s]*)?\)")
+
+
+def _fix_links(text: str, src: pathlib.Path, dst: pathlib.Path) -> str:
+  """Rewrites the relative Markdown links of ``src``, read as page ``dst``.
+
+  ``src`` is where the file lives in the repository, ``dst`` the page under
+  docs/ (the same file for docs/'s own pages). A target that is a page of the
+  site (copied, or under docs/; a folder stands for its README.md) is linked
+  relative to ``dst``; another Markdown file of the repository (not a page)
+  becomes a download link (myst's ``path:``); any other existing file is
+  linked by its path, which myst turns into a download; a target that does
+  not exist is left alone, for myst to report.
+  """
+  copies = {(ROOT / s).resolve(): DOCS / d for s, d in _copies().items()}
+
+  def fix(match: re.Match[str]) -> str:
+    target, anchor = match.group(1), match.group(2) or ""
+    resolved = (src.parent / target).resolve()
+    if resolved.is_dir() and resolved / "README.md" in copies:
+      resolved = resolved / "README.md"
+    prefix = ""
+    if resolved in copies:
+      resolved = copies[resolved]
+    elif not resolved.exists():
+      return match.group(0)
+    elif resolved.suffix in (".md", ".ipynb") and not resolved.is_relative_to(DOCS):
+      prefix = "path:"
+    return f"]({prefix}{os.path.relpath(resolved, dst.parent)}{anchor})"
+
+  return _LINK.sub(fix, text)
+
+
+def copy_outside_pages() -> None:
+  """Copies the README, the benchmark pages and the notebook under docs/."""
+  copies = _copies()
+  for folder in COPIED_FOLDERS:  # drop files no longer copied
+    for stale in sorted((DOCS / folder).rglob("*"), reverse=True):
+      name = stale.relative_to(DOCS).as_posix()
+      if stale.is_file() and name not in copies.values():
+        stale.unlink()
+  for src_name, dst_name in copies.items():
+    src, dst = ROOT / src_name, DOCS / dst_name
+    data = src.read_bytes()
+    if src.suffix == ".md":
+      text = _fix_links(data.decode(), src, dst)
+      if src.name.startswith("RESULTS"):  # one title for all: say which file
+        text = re.sub(r"\A# (.*)", rf"# \1 ({src.name})", text, count=1)
+      data = text.encode()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists() or dst.read_bytes() != data:  # keep Sphinx's cache
+      dst.write_bytes(data)
+
+
+def _fix_own_links(app: Any, docname: str, source: list[str]) -> None:
+  """docs/'s own Markdown pages: their links into the repository, as above."""
+  path = DOCS / f"{docname}.md"
+  own = not any(docname.startswith(f"{f}/") for f in (*COPIED_FOLDERS, "api"))
+  if own and docname != "readme" and path.exists():
+    source[0] = _fix_links(source[0], path, path)
+
+
+# An API page is one object: no "Contents" column, more width for its math.
+# (Page names, not a wildcard: the theme warns when two wildcards match.)
+html_theme_options["secondary_sidebar_items"] = {
+  "**": ["page-toc"],
+  **{f"api/{name.removesuffix('.rst')}": [] for name in api_pages()},
+}
+
+
+# -- Sphinx hooks ------------------------------------------------------------------
+
+
+def _mathjax_files() -> pathlib.Path:
+  """MathJax 3 as shipped in the ``sphinx-mathjax-offline`` wheel."""
+  from importlib import metadata
+
+  try:
+    dist = metadata.distribution("sphinx-mathjax-offline")
+  except metadata.PackageNotFoundError as e:
+    raise RuntimeError(
+      "MathJax is served from the sphinx-mathjax-offline package: "
+      'pip install -e ".[docs]"'
+    ) from e
+  for file in dist.files or ():
+    if file.name == "tex-chtml.js" and file.parent.name == "mathjax":
+      return pathlib.Path(str(dist.locate_file(file))).parent
+  raise RuntimeError("sphinx-mathjax-offline has no mathjax/tex-chtml.js")
+
+
+_FORWARD_REF = re.compile(r"TypeAliasForwardRef\('([^']*)'\)")
+
+
+def _plain_aliases(
+  app: Any, what: str, name: str, obj: Any, options: Any, signature: Any, ret: Any
+) -> tuple[Any, Any]:
+  """``X | None`` with X in ``autodoc_type_aliases`` reads as that, not as
+  ``TypeAliasForwardRef('X') | None`` (Sphinx 9 reprs the alias in a union)."""
+
+  def plain(text: str | None) -> str | None:
+    return None if text is None else _FORWARD_REF.sub(r"\1", text)
+
+  return plain(signature), plain(ret)
+
+
+def _on_builder_inited(app: Any) -> None:
+  write_api_pages()
+  copy_outside_pages()
+
+
+def _copy_mathjax(app: Any, exception: Exception | None) -> None:
+  if exception is None and app.builder.format == "html":
+    target = pathlib.Path(app.outdir) / "_static" / "mathjax"
+    source = _mathjax_files()
+    # Only what tex-chtml.js loads: itself, its fonts and the TeX extensions
+    # (textmacros, and those \require or the autoloader fetch), not the other
+    # components the package ships (24 MB in all).
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "tex-chtml.js", target / "tex-chtml.js")
+    for folder in ("output/chtml/fonts/woff-v2", "input/tex/extensions"):
+      shutil.copytree(source / folder, target / folder, dirs_exist_ok=True)
+
+
+def setup(app: Any) -> dict[str, Any]:
+  _mathjax_files()  # fail early, with the install command, if it is missing
+  app.connect("builder-inited", _on_builder_inited)
+  app.connect("source-read", _fix_own_links)
+  app.connect("autodoc-process-signature", _plain_aliases)
+  app.connect("build-finished", _copy_mathjax)
+  return {"parallel_read_safe": True}

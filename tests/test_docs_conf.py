@@ -1,0 +1,123 @@
+"""docs/conf.py: the API pages it generates cover every public name.
+
+The site itself is built by .ci/run (`python -m sphinx -W ...`, about a
+minute with the notebook's execution), not here. These tests import conf.py's
+page generator, which needs only optax_rms and the standard library.
+"""
+
+import importlib.util
+import pathlib
+import re
+import sys
+import types
+
+import pytest
+
+import optax_rms
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def conf():
+  spec = importlib.util.spec_from_file_location(
+    "optax_rms_docs_conf", ROOT / "docs" / "conf.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  path = list(sys.path)
+  try:
+    spec.loader.exec_module(module)  # writes nothing: that is at builder-inited
+  finally:
+    sys.path[:] = path
+  return module
+
+
+def _public_objects():
+  """(page name, object) for every name in the __all__ lists."""
+  for name in optax_rms.__all__:
+    obj = getattr(optax_rms, name)
+    yield f"optax_rms.{name}", obj
+    if isinstance(obj, types.ModuleType):
+      for sub in obj.__all__:
+        yield f"optax_rms.{name}.{sub}", getattr(obj, sub)
+
+
+def _toctree_entries(text):
+  """The entries of the page's toctree directives (not of its tables)."""
+  entries = set()
+  for block in text.split("\n.. ")[1:]:
+    if block.startswith("toctree::"):
+      entries |= set(re.findall(r"^   (optax_rms[\w.]*)$", block, flags=re.MULTILINE))
+  return entries
+
+
+def test_a_page_for_every_public_name(conf):
+  pages = conf.api_pages()
+  expected = dict(_public_objects())
+  assert "compat" in optax_rms.__all__ and "sharding" in optax_rms.__all__
+  assert set(pages) == {f"{q}.rst" for q in expected} | {"index.rst"}
+  for qualname, obj in expected.items():
+    text = pages[f"{qualname}.rst"]
+    if isinstance(obj, types.ModuleType):
+      directive = "automodule"
+    elif isinstance(obj, type):
+      directive = "autoclass"
+    else:
+      directive = "autofunction"
+    assert f".. {directive}:: {qualname}\n" in text, text
+
+
+def test_every_page_is_in_a_toctree(conf):
+  """Sphinx -W fails on a page no toctree reaches; index + module pages."""
+  pages = conf.api_pages()
+  listed = set()
+  for text in pages.values():
+    listed |= _toctree_entries(text)
+  assert listed == {name.removesuffix(".rst") for name in pages} - {"index"}
+
+
+def test_a_new_public_name_gets_a_page(conf, monkeypatch):
+  """What other helpers' new names rely on: no edit to docs/ needed."""
+
+  def new_wrapper(inner):
+    """A wrapper added to the package later."""
+    return inner
+
+  monkeypatch.setattr(optax_rms, "new_wrapper", new_wrapper, raising=False)
+  monkeypatch.setattr(optax_rms, "__all__", [*optax_rms.__all__, "new_wrapper"])
+  pages = conf.api_pages()
+  assert (
+    ".. autofunction:: optax_rms.new_wrapper\n" in pages["optax_rms.new_wrapper.rst"]
+  )
+  assert "optax_rms.new_wrapper" in _toctree_entries(pages["index.rst"])
+
+
+def test_copied_pages_keep_their_links(conf):
+  """README.md and benchmarks/README.md are copied under docs/ at build time;
+  their relative links must then point at the copies (or docs/'s pages)."""
+  readme, bench = ROOT / "README.md", ROOT / "benchmarks" / "README.md"
+  docs = ROOT / "docs"
+  text = "[a](docs/numerics.md) [b](benchmarks/RESULTS.md#run) [c](https://x.org/a.md)"
+  assert conf._fix_links(text, readme, docs / "readme.md") == (
+    "[a](numerics.md) [b](benchmarks/RESULTS.md#run) [c](https://x.org/a.md)"
+  )
+  text = "[a](RESULTS_H200.md) [b](../docs/porting.md) [c](../README.md)"
+  assert conf._fix_links(text, bench, docs / "benchmarks" / "README.md") == (
+    "[a](RESULTS_H200.md) [b](../porting.md) [c](../readme.md)"
+  )
+  # Not pages: a Markdown file becomes a download (myst's path:), another file
+  # is linked by its path (myst makes it a download); a folder with a README
+  # stands for it; a missing target is left for myst to report under -W.
+  text = "[a](CHANGELOG.md) [b](examples/quickstart.py) [c](benchmarks/) [d](no.md)"
+  assert conf._fix_links(text, readme, docs / "readme.md") == (
+    "[a](path:../CHANGELOG.md) [b](../examples/quickstart.py) "
+    "[c](benchmarks/README.md) [d](no.md)"
+  )
+  # docs/'s own pages are rewritten in place (the source-read hook).
+  numerics = docs / "numerics.md"
+  text = (
+    "[a](../benchmarks/RESULTS.md#x) [b](porting.md) [c](../examples/quickstart.py)"
+  )
+  assert conf._fix_links(text, numerics, numerics) == (
+    "[a](benchmarks/RESULTS.md#x) [b](porting.md) [c](../examples/quickstart.py)"
+  )
