@@ -10,8 +10,6 @@ back out of the state (what Keras' ``finalize_variable_values`` writes into
 the model at the end of ``fit``).
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax

@@ -9,8 +9,6 @@ same buffers in one :class:`~optax_rms.RMSPropState`. The conversion moves the
 arrays; it computes nothing, so the converted run continues exactly.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any
 

@@ -17,8 +17,6 @@ lowers an output asked for in ``unpinned_host`` to device memory, so that kind
 is refused.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax

@@ -847,8 +847,8 @@ def rmsprop(
       of 4), rounded stochastically (unbiased). With ``centered`` and ``nu``
       or ``mu`` in 8 bits, ``nu`` holds the variance ``nu - |mu|**2`` itself
       (its exact recurrence), which few-percent codes of ``nu`` or ``mu``
-      could not resolve where the mean dominates. See ``optax_rms._quantize`` and ``docs/numerics.md`` for its
-      accuracy. ``None``: not quantized.
+      could not resolve where the mean dominates. See ``optax_rms._quantize``
+      and ``docs/numerics.md`` for its accuracy. ``None``: not quantized.
     mu_quantization: ``"8bit"`` stores ``mu`` (``centered``) in signed 8-bit
       blockwise codes (a sign and a 7-bit float, as FP8 E4M3, relative to
       each block's maximum), 1.016 bytes per parameter.

@@ -23,8 +23,6 @@ holds). Every rounding that matters is written with
 turn the compensation into zero.
 """
 
-from __future__ import annotations
-
 import numbers
 from typing import Any, NamedTuple
 
