@@ -109,8 +109,9 @@ def default_out(variant: str | None) -> pathlib.Path:
   return RUNS / ("plain" if variant is None else variant)
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_arguments(parser: argparse.ArgumentParser, runs: pathlib.Path) -> None:
+  """The flags this example and the Linen one share (epochs, rate, variant,
+  output folder, checkpoints, seed); `runs`: where outputs go by default."""
   parser.add_argument(
     "--epochs",
     type=int,
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     "--out",
     type=pathlib.Path,
     default=None,
-    help=f"plot and checkpoints (default {RUNS}/<variant>)",
+    help=f"plot and checkpoints (default {runs}/<variant>)",
   )
   parser.add_argument(
     "--checkpoint-every",
@@ -154,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     default=None,
     help="default: 0 (with --resume: the checkpoint's)",
   )
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_run_arguments(parser, RUNS)
   parser.add_argument(
     "--param-dtype", choices=["float32", "bfloat16"], default="float32"
   )

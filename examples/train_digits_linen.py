@@ -40,7 +40,7 @@ from train_digits import (  # noqa: E402  (the NNX example, beside this file)
   BATCH_SIZE,  # noqa: F401  (the default, through resolve_config)
   EPOCHS,
   PLOT_NAME,
-  VARIANTS,
+  add_run_arguments,
   epoch_batches,
   load_data,
   make_optimizer,
@@ -205,44 +205,7 @@ def train(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "--epochs",
-    type=int,
-    default=EPOCHS,
-    help=f"epochs to train, counting those of a resumed run (default {EPOCHS})",
-  )
-  parser.add_argument(
-    "--learning-rate", type=float, default=None, help="default: the variant's"
-  )
-  parser.add_argument(
-    "--variant",
-    choices=list(VARIANTS),
-    default=None,
-    help="default: plain (with --resume: the checkpoint's)",
-  )
-  parser.add_argument(
-    "--out",
-    type=pathlib.Path,
-    default=None,
-    help=f"plot and checkpoints (default {RUNS}/<variant>)",
-  )
-  parser.add_argument(
-    "--checkpoint-every",
-    type=int,
-    default=None,
-    metavar="N",
-    help="save every N epochs and after the last (default: never; with --resume, "
-    "as the resumed run)",
-  )
-  parser.add_argument(
-    "--resume", action="store_true", help="continue from the latest checkpoint"
-  )
-  parser.add_argument(
-    "--seed",
-    type=int,
-    default=None,
-    help="default: 0 (with --resume: the checkpoint's)",
-  )
+  add_run_arguments(parser, RUNS)
   args = parser.parse_args(argv)
   out = RUNS / (args.variant or "plain") if args.out is None else args.out
 
