@@ -120,7 +120,7 @@ def report(
   seeds = len(out["float32"])
   mean = {k: float(np.mean(v)) for k, v in out.items()}
   lines = [
-    f"### Start at the optimum + N(0, {init_noise}^2)",
+    f"## Start at the optimum + N(0, {init_noise}^2)",
     "",
     f"`python benchmarks/bf16_params.py --steps {steps} --init-noise {init_noise}` "
     f"(CPU, deterministic): least squares, {dim} weights "
