@@ -373,9 +373,35 @@ def _plain_aliases(
   ``TypeAliasForwardRef('X') | None`` (Sphinx 9 reprs the alias in a union)."""
 
   def plain(text: str | None) -> str | None:
-    return None if text is None else _FORWARD_REF.sub(r"\1", text)
+    if text is None:
+      return None
+    text = _FORWARD_REF.sub(r"\1", text)
+    # Modules without `from __future__ import annotations` (their public
+    # annotations are objects, as optax's tooling reads them) give Sphinx the
+    # aliases' values: spell those back as the aliases' names.
+    for expanded, alias in _expanded_aliases():
+      text = text.replace(expanded, alias)
+    return text
 
   return plain(signature), plain(ret)
+
+
+def _expanded_aliases() -> list[tuple[str, str]]:
+  """(how Sphinx prints an alias's value, the alias), longest first."""
+  import jax
+  import optax
+  from sphinx.util.typing import stringify_annotation
+
+  aliases = {
+    "optax.ScalarOrSchedule": optax.ScalarOrSchedule,
+    "optax.Schedule": optax.Schedule,
+    "jax.typing.ArrayLike": jax.typing.ArrayLike,
+  }
+  pairs = []
+  for alias, value in aliases.items():
+    for mode in ("smart", "fully-qualified-except-typing"):
+      pairs.append((stringify_annotation(value, mode), alias))
+  return sorted(set(pairs), key=lambda pair: -len(pair[0]))
 
 
 def _on_builder_inited(app: Any) -> None:
