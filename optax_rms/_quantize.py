@@ -80,6 +80,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_rms._hash import mix32
+
 BLOCK = 256
 FORMS = ("float", "log8", "signed8")
 
@@ -176,12 +178,7 @@ def _dither(
     seed = (leaf * 0xC2B2AE3D + stream * 0x27D4EB2F) & 0xFFFFFFFF
     parts.append(x ^ jnp.uint32(seed))
   x = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
-  x = x ^ (count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77))
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * jnp.uint32(0x846CA68B)
-  return x ^ (x >> 16)
+  return mix32(x ^ (count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)))
 
 
 def _opaque_zero(x: jax.Array) -> jax.Array:

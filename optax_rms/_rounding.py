@@ -32,6 +32,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from optax_rms import _hash
+
 # The dtypes whose leaves get a compensation buffer / a stochastic rounding.
 _NARROW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _BITS = {jnp.dtype(jnp.bfloat16): jnp.uint16, jnp.dtype(jnp.float16): jnp.uint16}
@@ -124,26 +126,54 @@ def _stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
   """``x`` (float32) rounded at random to one of its two neighbours in
   ``dtype``, as float32, unbiased: E[result] = x exactly.
 
-  ``r`` is the nearest value of ``dtype`` and ``other`` the neighbour on the
-  other side of ``x`` (one step of the bit pattern: sign-magnitude, so +1 is
-  away from zero, subnormals included). ``other`` is taken with probability
-  ``f = |x - r| / |other - r|``: both differences are exact in float32
-  (Sterbenz), the denominator is a power of two, so ``f`` is exact; it is
-  compared with 32 uniform random bits as ``bits < f * 2**32``, an integer
-  (``f`` has at most 24 significant bits and is at most 1/2), so the
+  bfloat16 is float32 cut to its upper 16 bits, and within a binade the
+  value is linear in the bit pattern. So 16 uniform random bits are added to
+  the lower half of ``x``'s pattern and the lower half is cut off: the cut
+  value (the neighbour towards zero) is carried one step away from zero
+  exactly when the addition carries, with probability ``L / 2**16`` for the
+  lower half ``L``, which is ``x``'s distance from that neighbour in units of
+  the step between the two (across a binade boundary and for subnormals
+  too). Where the carry runs into the exponent's top (past bfloat16's
+  largest finite value), or ``x`` is not finite, the nearest value is kept.
+  All integer work: it fuses into the consumer, with no array of
+  intermediates.
+
+  float16 is not a cut float32: ``r`` is the nearest value and ``other`` the
+  neighbour on the other side of ``x`` (one step of the bit pattern:
+  sign-magnitude, so +1 is away from zero, subnormals included). ``other``
+  is taken with probability ``f = |x - r| / |other - r|``: both differences
+  are exact in float32 (Sterbenz), the denominator is a power of two (its
+  reciprocal, exact, is taken from its exponent bits), so ``f`` is exact;
+  it is compared with 32 uniform random bits as ``bits < f * 2**32``, an
+  integer (``f`` has at most 24 significant bits and is at most 1/2), so the
   probability is ``f`` exactly.
+
+  The bits are a counter-based hash of the element's index and ``key``
+  (``_hash.element_bits``), computed where they are used: no array of
+  random bits is materialized.
   """
   dtype = jnp.dtype(dtype)
+  bits = _hash.element_bits(x.shape, key)
+  if dtype == jnp.bfloat16:
+    pattern = lax.bitcast_convert_type(x, jnp.uint32)
+    cut = (pattern + (bits >> 16)) & jnp.uint32(0xFFFF0000)
+    y = lax.bitcast_convert_type(cut, jnp.float32)
+    return jnp.where(jnp.isfinite(y), y, _round(x, dtype))
   r = _round(x, dtype)
   away = jnp.abs(r) < jnp.abs(x)
   code = lax.bitcast_convert_type(r.astype(dtype), _BITS[dtype])
   code = jnp.where(away, code + 1, code - 1).astype(_BITS[dtype])
   other = lax.bitcast_convert_type(code, dtype).astype(jnp.float32)
-  frac = jnp.abs(x - r) / jnp.abs(other - r)
-  # r == x (frac 0 or 0/0), r infinite or nan, other infinite: keep r.
-  frac = jnp.where(jnp.isfinite(frac), frac, 0.0)
+  step = jnp.abs(other - r)  # a power of two, 2**-24 to 2**5, or inf / nan
+  # Its reciprocal, exactly, from the exponent bits (2**e -> 2**-e): integer
+  # work that fuses, where a division would be materialized by XLA:CPU.
+  inverse = lax.bitcast_convert_type(
+    jnp.uint32(254 << 23) - lax.bitcast_convert_type(step, jnp.uint32), jnp.float32
+  )
+  frac = jnp.abs(x - r) * inverse
+  # r == x (frac 0), r infinite or nan, other infinite: keep r.
+  frac = jnp.where(jnp.isfinite(step) & jnp.isfinite(x), frac, 0.0)
   threshold = (frac * 2.0**32).astype(jnp.uint32)
-  bits = jax.random.bits(key, x.shape, jnp.uint32)
   return jnp.where(bits < threshold, other, r)
 
 
@@ -318,12 +348,14 @@ def stochastic_rounding(
   conditions given in :func:`kahan_summation`; elsewhere, on its nearest
   neighbour).
 
-  The random bits come from ``seed``, the number of updates taken (the
-  state's ``count``) and the leaf's index in the tree
-  (``fold_in(fold_in(key(seed), count), index)``): runs are reproducible,
+  The random bits are a counter-based integer hash of ``seed``, the number
+  of updates taken (the state's ``count``), the leaf's index in the tree and
+  the element's index: runs are reproducible,
   every replica of a data-parallel step draws the same bits (so replicas do
   not drift), a sharded leaf draws the bits of the unsharded one, and no key
-  is threaded by the user. No per-parameter state: only the step counter.
+  is threaded by the user. The bits are computed where they are used, so
+  no array of them is materialized (the step needs no memory for them). No
+  per-parameter state: only the step counter.
   float32, float64 (and complex) leaves pass through untouched. ``update``
   needs ``params``. Put this wrapper outermost, as :func:`kahan_summation`.
 
@@ -382,12 +414,11 @@ def stochastic_rounding(
       updates, state.inner_state, params, **extra_args
     )
     treedef, (flat, us) = _flat(name, inner_updates, params)
-    step_key = jax.random.fold_in(jax.random.key(seed), state.count)
     new_us = []
     for index, ((path, p), u) in enumerate(zip(flat, us, strict=True)):
       if _is_narrow(p.dtype, name, path):
         p32 = p.astype(jnp.float32)
-        key = jax.random.fold_in(step_key, index)
+        key = _hash.key(seed, state.count, index)
         new = _stochastic_round(p32 + _exact(u), p.dtype, key)
         u = _round(new - p32, u.dtype).astype(u.dtype)
       new_us.append(u)
