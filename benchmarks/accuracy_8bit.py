@@ -277,6 +277,14 @@ def _mean(xs: Sequence[float]) -> float:
   return sum(xs) / len(xs)
 
 
+def _paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, int]:
+  """Means of `a` and `b` over the seeds both ran (seeds are 0..N-1, so the
+  shorter list's), and how many those are: a row run on fewer seeds is
+  compared on its own seeds, not against another seeds' mean."""
+  k = min(len(a), len(b))
+  return _mean(a[:k]), _mean(b[:k]), k
+
+
 def _find(rows, **match):
   for row in rows:
     if all(row.get(k) == v for k, v in match.items()) and "skipped" not in row:
@@ -308,8 +316,10 @@ def lm_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     q = _find(rows, variant=variant, state="8bit-all")
     if f32 is None or q is None:
       continue
-    rel = _mean(q["val_loss"]) / _mean(f32["val_loss"]) - 1
-    out.append({"variant": variant, "relative": rel, "met": abs(rel) <= LM_RELATIVE})
+    mq, mf, k = _paired(q["val_loss"], f32["val_loss"])
+    rel = mq / mf - 1
+    out.append({"variant": variant, "relative": rel, "seeds": k,
+                "met": abs(rel) <= LM_RELATIVE})
   return out
 
 
@@ -404,8 +414,12 @@ def render(results: dict[str, Any]) -> str:
                      f"{r['skipped']} | | | |")
         continue
       f32 = _find(m["rows"], variant=r["variant"], state="float32")
-      vs = (f"{100 * (_mean(r['val_loss']) / _mean(f32['val_loss']) - 1):+.2f}%"
-            if f32 else "")
+      vs = ""
+      if f32:
+        mr, mf, k = _paired(r["val_loss"], f32["val_loss"])
+        vs = f"{100 * (mr / mf - 1):+.2f}%"
+        if k < len(f32["val_loss"]):
+          vs += f" (on seed{'s' if k > 1 else ''} {'0' if k == 1 else f'0-{k - 1}'})"
       lines.append(
         f"| {r['variant']} | {r['state']}{_run(m['rows'], r)} | {r['lr']:g} | "
         f"{r['steps']} | "
@@ -416,7 +430,8 @@ def render(results: dict[str, Any]) -> str:
     for t in lm_targets(m["rows"]):
       lines.append(
         f"- Target, {t['variant']}: 8bit-all's final validation loss within "
-        f"{100 * LM_RELATIVE:g}% of float32 state's: {100 * t['relative']:+.2f}%, "
+        f"{100 * LM_RELATIVE:g}% of float32 state's (mean over the seeds): "
+        f"{100 * t['relative']:+.2f}% over {t['seeds']} seeds, "
         f"**{'MET' if t['met'] else 'MISSED'}**."
       )
     lines.append("")

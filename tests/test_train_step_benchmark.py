@@ -147,3 +147,23 @@ def test_merge_of_separate_runs(ts, results):
   merged = ts.merge([a, b])
   assert _tables(merged).keys() == _tables(results).keys()
   assert merged["runtime_s"] == 2 * results["runtime_s"]
+
+
+def test_cpu_scheduler_script_compiles_every_row_under_both_schedulers(tmp_path):
+  """benchmarks/cpu_scheduler.py on the quick MLP: one child process per
+  scheduler, every row measured, and the report says which target is met."""
+  cpu_scheduler = _import("benchmarks.cpu_scheduler")
+  results = cpu_scheduler.measure("quick", ["mlp_many_leaves"])
+  assert list(results) == list(cpu_scheduler.SCHEDULERS)
+  for per_model in results.values():
+    assert list(per_model) == ["mlp_many_leaves"]
+    for rows in per_model.values():
+      assert list(rows) == list(cpu_scheduler.ROWS)
+      for r in rows.values():
+        assert r["peak"] > r["temp"] >= 0
+  # The flag reached the children: the two schedulers lay out at least one
+  # step differently.
+  a, b = results.values()
+  assert a != b
+  text = cpu_scheduler.report(results, "quick")
+  assert text.count("MET") + text.count("MISSED") == 2 * 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .rows import sgd_for
+
 # Targets of issue 15, per parameter (B = bytes).
 NU8_SAVING_MIN = 2.5  # 8-bit nu: peak at least this far below float32 state's
 ALL8_SAVING_MIN = 8.0  # c+m, all three buffers in 8 bits: peak saving
@@ -66,6 +68,37 @@ def _saving(
   return text, saved >= minimum
 
 
+def _bf16_targets(table: dict[str, Any]) -> list[Target]:
+  """Issue 16: bfloat16 parameters + a wrapper + 8-bit state against float32
+  parameters + float32 state, each with the same model's sgd rows beside
+  (what the forward and backward alone cost in each parameter dtype)."""
+  n, rows, out = table["n_params"], table["rows"], []
+  ref_name = "ours plain, float32"
+  sgd32, sgd16 = rows.get(sgd_for("float32")), rows.get(sgd_for("bfloat16"))
+  for wrapper in ("kahan_summation", "stochastic_rounding"):
+    name = f"{wrapper}(ours plain, 8bit nu), bfloat16 params"
+    target = (
+      f"bfloat16 params + {wrapper} + 8bit nu: peak below float32 params + "
+      f"float32 state: {table['name']}"
+    )
+    row, ref = rows.get(name), rows.get(ref_name)
+    missing = [nm for nm, r in ((name, row), (ref_name, ref)) if not _ok(r)]
+    if missing:
+      out.append((target, _not_there(table, missing[0]), None))
+      continue
+    assert row is not None and ref is not None
+    peak, ref_peak = row["memory"]["peak"], ref["memory"]["peak"]
+    text = f"{_bpp(peak, n)} vs {_bpp(ref_peak, n)} B/param"
+    if _ok(sgd32) and _ok(sgd16):
+      assert sgd32 is not None and sgd16 is not None
+      text += (
+        f" (the model alone, optax.sgd: {_bpp(sgd16['memory']['peak'], n)} on "
+        f"bfloat16 vs {_bpp(sgd32['memory']['peak'], n)} on float32 params)"
+      )
+    out.append((target, text, peak < ref_peak))
+  return out
+
+
 def targets(results: dict[str, Any]) -> list[Target]:
   """(target, measured, status): status True MET, False MISSED, None not
   measured (the row is not in this optax_rms, failed, or needs a GPU)."""
@@ -87,6 +120,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
       )
     if section != "train_step":
       continue
+    out.extend(_bf16_targets(table))
     text, met = _saving(table, "8bit all", CM, ALL8_SAVING_MIN)
     out.append(
       (
@@ -173,11 +207,12 @@ def table_rows(table: dict[str, Any]) -> list[list[Any]]:
   """One Markdown row per measured row of a table (COLUMNS)."""
   n = table["n_params"]
   rows = table["rows"]
-  sgd = rows.get(SGD) if _ok(rows.get(SGD)) else None
   out = []
   for name, r in rows.items():
     if not _ok(r):
       continue
+    sgd_name = sgd_for(r["params"])
+    sgd = rows.get(sgd_name) if _ok(rows.get(sgd_name)) else None
     mem, t = r["memory"], r.get("timing")
     ref = rows.get(r["reference"])
     vs = ""
@@ -187,7 +222,7 @@ def table_rows(table: dict[str, Any]) -> list[list[Any]]:
         f"{t['median_s'] / ref['timing']['median_s']:.2f}"
       )
     opt_time = opt_peak = ""
-    if sgd is not None and name != SGD:
+    if sgd is not None and name != sgd_name:
       opt_peak = f"{(mem['peak'] - sgd['memory']['peak']) / n:+.2f}"
       if t and "timing" in sgd:
         extra = t["median_s"] - sgd["timing"]["median_s"]
@@ -279,8 +314,9 @@ def render(results: dict[str, Any], command: str = "") -> str:
     "variant (plain or centered+momentum; the scale rows against plain), "
     "best; median.",
     "- `optimizer: time`, `optimizer: peak`: the row's median step time and "
-    "peak over `optax.sgd`'s (the same forward and backward, an update without"
-    " state); the percentage is that share of the row's step.",
+    "peak over `optax.sgd`'s on parameters of the row's dtype (the same "
+    "forward and backward, an update without state); the percentage is that "
+    "share of the row's step.",
     "- `c+m` = `centered=True, momentum=0.9`. `8bit all` = nu, mu and momentum"
     " in 8 bits. Rows whose keywords the installed optax_rms lacks are listed "
     "under their table.",

@@ -116,11 +116,30 @@ ROWS: tuple[Row, ...] = (
   _wrapped("pack_small", _CM, "8bit all"),
   Row("optax.adam", "-", "float32", lambda: optax.adam(LR)),
   Row("optax.sgd", "-", "none", lambda: optax.sgd(LR)),
-  # bfloat16 parameters, against float32 params with float32 state above.
+  # bfloat16 parameters: the model's own cost (sgd), the inner optimizer
+  # without a wrapper (round to nearest: it stalls, but its memory is the
+  # baseline of the wrappers'), then each wrapper.
+  Row(f"optax.sgd, {BF16} params", "-", "none", lambda: optax.sgd(LR), BF16),
+  Row(
+    f"ours plain, 8bit nu, {BF16} params",
+    "plain",
+    "8bit nu",
+    functools.partial(ours, "plain", "8bit nu"),
+    BF16,
+    ("nu_quantization",),
+  ),
   _wrapped("kahan_summation", "plain", "8bit nu", BF16),
+  _wrapped("stochastic_rounding", "plain", "8bit nu", BF16),
   _wrapped("kahan_summation", _CM, "8bit all", BF16),
   _wrapped("stochastic_rounding", _CM, "8bit all", BF16),
 )
+
+
+def sgd_for(params: str) -> str:
+  """The name of the sgd row on `params`-dtype parameters: the optimizer
+  columns of a row are measured against it (the same model, forward and
+  backward, in the same parameter dtype)."""
+  return "optax.sgd" if params == "float32" else f"optax.sgd, {params} params"
 
 
 def missing(row: Row) -> list[str]:
