@@ -6,6 +6,7 @@ optax.rmsprop (same math, elementwise, so SAME_MATH per dtype).
 
 import functools
 import math
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,8 @@ def _params():
 
 def _grads(params, t):
   def one(path, p):
-    seed = hash((jax.tree_util.keystr(path), t)) % 2**31
+    # crc32, not hash(): str hashes differ between processes (PYTHONHASHSEED).
+    seed = zlib.crc32(f"{jax.tree_util.keystr(path)}/{t}".encode()) % 2**31
     return jax.random.normal(jax.random.PRNGKey(seed), p.shape).astype(p.dtype)
 
   return jax.tree_util.tree_map_with_path(one, params)

@@ -142,6 +142,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
       for rname, row in table["rows"].items():
         if not (rname.startswith(f"ours {variant}, 8bit") and _ok(row)):
           continue
+        if row["params"] != "float32":  # against float32 state on float32 params
+          continue
         name = (
           f"on a GPU, 8bit step time <= {GPU_TIME_RATIO_MAX}x float32 state's: "
           f"{where}, {rname}"
