@@ -262,6 +262,19 @@ CHUNK = 1 << 16
 Math = Callable[[dict[str, Any], dict[str, Any], Segments, Callable], Any]
 
 
+def _to_bits(x: jax.Array) -> jax.Array:
+  """A float array narrower than float32 as its bit pattern (an unsigned int
+  of its width); others as they are."""
+  if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype.itemsize >= 4:
+    return x
+  return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+
+
+def _from_bits(x: jax.Array, dtype: Any) -> jax.Array:
+  """The inverse of _to_bits, to `dtype`."""
+  return x if x.dtype == dtype else jax.lax.bitcast_convert_type(x, dtype)
+
+
 def update(
   math: Math,
   elements: dict[str, jax.Array],
@@ -292,6 +305,7 @@ def update(
   """
   stored: dict[str, jax.Array] = {}
   scales: dict[str, jax.Array] = {}
+
   def store_whole(k, value):
     stored[k], scale = encode(forms[k], value, dtypes[k], count, STREAMS[k], segments)
     if scale is not None:
@@ -306,7 +320,14 @@ def update(
   # A loop over chunks, each buffer (and 8-bit scales) carried and written
   # in place, chunk after chunk.
   ((leaf, shape),) = segments
-  flat = {k: v.reshape(-1) for k, v in elements.items()}
+  # The inputs that are only read (the gradient, the parameter) enter the
+  # loop as their bit patterns where narrower than float32: XLA would
+  # otherwise widen them (a bfloat16 gradient, to float32 for the math)
+  # before the loop, a float32 copy of the whole leaf.
+  flat = {
+    k: v.reshape(-1) if k in forms else _to_bits(v.reshape(-1))
+    for k, v in elements.items()
+  }
   dyn_read = lambda x, start, n: jax.lax.dynamic_slice(x, (start,), (n,))
   dyn_write = lambda x, y, start: jax.lax.dynamic_update_slice(x, y, (start,))
 
@@ -315,6 +336,7 @@ def update(
     buffers, block_scales = carry
     nb = num_blocks(length)
     el = {k: dyn_read(buffers.get(k, v), start, length) for k, v in flat.items()}
+    el = {k: _from_bits(v, elements[k].dtype) for k, v in el.items()}
     bl = {k: dyn_read(v, start // BLOCK, nb) for k, v in block_scales.items()}
     segs = ((leaf, (length,)),)
     buffers, block_scales = dict(buffers), dict(block_scales)

@@ -475,10 +475,10 @@ def test_inject_hyperparams_reuses_the_compiled_step_and_gives_the_same_steps():
   assert step._cache_size() == 1
 
 
-def _peak(tx, shape=(2048, 2048)):
+def _peak(tx, shape=(2048, 2048), dtype=jnp.float32):
   """(argument + temporary bytes per parameter, temporary bytes) of a jitted,
   donated update-and-apply on one leaf, from XLA's compiled memory analysis."""
-  p = jax.ShapeDtypeStruct(shape, jnp.float32)
+  p = jax.ShapeDtypeStruct(shape, dtype)
   s = jax.eval_shape(tx.init, p)
 
   def step(g, s, p):
@@ -517,6 +517,18 @@ def test_8bit_state_saves_at_the_peak_of_the_update(kw, n_buffers, saved):
   more = 4096 * 4096 - 2048 * 2048
   assert q_temp_big - q_temp <= n_buffers * 2 * 4 * more / 256
   assert q_temp <= n_buffers * 2 * 4 * _quantize.CHUNK  # ~a chunk per buffer
+
+
+@pytest.mark.skipif(
+  jax.default_backend() != "cpu", reason="XLA:CPU's buffer assignment"
+)
+def test_8bit_update_of_bfloat16_parameters_widens_no_whole_leaf():
+  """bfloat16 parameters and gradients: the chunk loop reads the gradient as
+  bits, so XLA does not widen the whole leaf to float32 before it (before:
+  4 B/param of temporaries). What is left is a 2-byte copy of the
+  gradient's bits (the loop's operand)."""
+  _, temp = _peak(optax_rms.rmsprop(1e-3, nu_quantization="8bit"), dtype=jnp.bfloat16)
+  assert temp <= (2 + 0.25) * 2048 * 2048
 
 
 @pytest.mark.multidevice
