@@ -5,7 +5,11 @@ with round-to-nearest, `optax_rms.kahan_summation` and
 `optax_rms.stochastic_rounding` (issue 16), same initialisation, batches and
 schedule. Writes benchmarks/RESULTS_bf16_params_lm.md.
 
-  python benchmarks/bf16_params_lm.py [--steps 300] [--variant plain]
+  python benchmarks/bf16_params_lm.py [--steps 300] [--variant plain] [--seeds 3]
+
+Each seed trains every row from the same initialisation and batches; the
+table gives each row's loss per seed, its mean, and the mean of its paired
+differences from float32 parameters (seed by seed).
 """
 
 import argparse
@@ -29,7 +33,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--variant", default="plain")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
   parser.add_argument("--out", default="benchmarks/RESULTS_bf16_params_lm.md")
   args = parser.parse_args()
 
@@ -37,37 +41,47 @@ def main() -> None:
   import train_lm
 
   data = train_lm.load_data()
-  rows = []
-  for label, param_dtype, rounding in ROWS:
-    start = time.perf_counter()
-    result = train_lm.train(
-      steps=args.steps,
-      seed=args.seed,
-      variant=args.variant,
-      param_dtype=param_dtype,
-      rounding=rounding,
-      data=data,
-      progress=False,
-    )
-    loss = result.val_loss
-    rows.append((label, loss, time.perf_counter() - start))
-    print(f"{label}: {loss:.4f} ({rows[-1][2]:.0f} s)", flush=True)
-  ref = rows[0][1]
+  losses: dict[str, list[float]] = {label: [] for label, _, _ in ROWS}
+  for seed in range(args.seeds):
+    for label, param_dtype, rounding in ROWS:
+      start = time.perf_counter()
+      result = train_lm.train(
+        steps=args.steps,
+        seed=seed,
+        variant=args.variant,
+        param_dtype=param_dtype,
+        rounding=rounding,
+        data=data,
+        progress=False,
+      )
+      losses[label].append(result.val_loss)
+      took = time.perf_counter() - start
+      print(f"seed {seed}, {label}: {result.val_loss:.4f} ({took:.0f} s)", flush=True)
+  ref = losses[ROWS[0][0]]
   lines = [
     "# The LM with bfloat16 parameters: nearest, Kahan, stochastic rounding",
     "",
     f"Measured {datetime.date.today()} by `benchmarks/bf16_params_lm.py "
-    f"--steps {args.steps} --variant {args.variant} --seed {args.seed}` (jax "
+    f"--steps {args.steps} --variant {args.variant} --seeds {args.seeds}` (jax "
     f"{jax.__version__}, {platform.machine()} CPU): examples/train_lm.py's "
     "default model (0.48M parameters, stdlib source), the optimizer's state "
     "in float32, the parameters stored as the row says; final validation "
-    "loss (nats/byte).",
+    "loss (nats/byte) per seed, its mean, and the mean of the row's "
+    "seed-by-seed differences from float32 parameters (with their range).",
     "",
-    "| parameters | final validation loss | vs float32 parameters |",
-    "|---|---|---|",
+    "| parameters | final validation loss per seed | mean | vs float32 parameters "
+    "(mean of paired differences; range) |",
+    "|---|---|---|---|",
   ]
-  for label, loss, _ in rows:
-    lines.append(f"| {label} | {loss:.4f} | {loss / ref - 1:+.2%} |")
+  for label, values in losses.items():
+    diffs = [v / r - 1 for v, r in zip(values, ref, strict=True)]
+    per_seed = " ".join(f"{v:.4f}" for v in values)
+    mean = sum(values) / len(values)
+    rel = sum(diffs) / len(diffs)
+    lines.append(
+      f"| {label} | {per_seed} | {mean:.4f} | {rel:+.2%} "
+      f"({min(diffs):+.2%} to {max(diffs):+.2%}) |"
+    )
   pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
 
 
