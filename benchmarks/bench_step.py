@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import optax
+from train_step.harness import frozen_heap  # benchmarks/ is on the path
 
 import optax_rms
 
@@ -955,6 +956,13 @@ def run_section(
     scale = dataclasses.replace(scale, compile_reps=compile_reps)
   if name == "machine":  # not a section: the parent of isolated runs asks a child
     return machine_info()
+  # The sections collect between rows and before compiles; frozen, the heap
+  # alive now is not scanned by each collection again.
+  with frozen_heap():
+    return _section(name, scale, variants)
+
+
+def _section(name: str, scale: Scale, variants: list[str]) -> Any:
   if name == "roofline":
     return section_roofline(scale)
   if name.startswith("tree:"):
