@@ -29,13 +29,19 @@ ROWS = (
 )
 
 
-def main() -> None:
+# A tiny model for the smoke test (tests/test_rounding.py); figures not checked.
+TINY = {"layers": 1, "d_model": 32, "heads": 2, "context": 16, "batch_size": 4,
+        "eval_every": 0, "n_eval_windows": 8}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--variant", default="plain")
   parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
   parser.add_argument("--out", default="benchmarks/RESULTS_bf16_params_lm.md")
-  args = parser.parse_args()
+  parser.add_argument("--tiny", action="store_true", help="a tiny LM (smoke test)")
+  args = parser.parse_args(argv)
 
   import jax
   import train_lm
@@ -53,18 +59,21 @@ def main() -> None:
         rounding=rounding,
         data=data,
         progress=False,
+        **(TINY if args.tiny else {}),
       )
       losses[label].append(result.val_loss)
       took = time.perf_counter() - start
       print(f"seed {seed}, {label}: {result.val_loss:.4f} ({took:.0f} s)", flush=True)
   ref = losses[ROWS[0][0]]
+  model = "tiny model (a smoke test" if args.tiny else "default model (0.48M parameters"
   lines = [
     "# The LM with bfloat16 parameters: nearest, Kahan, stochastic rounding",
     "",
     f"Measured {datetime.date.today()} by `benchmarks/bf16_params_lm.py "
-    f"--steps {args.steps} --variant {args.variant} --seeds {args.seeds}` (jax "
-    f"{jax.__version__}, {platform.machine()} CPU): examples/train_lm.py's "
-    "default model (0.48M parameters, stdlib source), the optimizer's state "
+    f"--steps {args.steps} --variant {args.variant} --seeds {args.seeds}"
+    f"{' --tiny' if args.tiny else ''}` (jax {jax.__version__}, "
+    f"{platform.machine()} CPU): examples/train_lm.py's "
+    f"{model}, stdlib source), the optimizer's state "
     "in float32, the parameters stored as the row says; final validation "
     "loss (nats/byte) per seed, its mean, and the mean of the row's "
     "seed-by-seed differences from float32 parameters (with their range).",

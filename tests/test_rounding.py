@@ -753,3 +753,24 @@ def test_digits_example_trains_bfloat16_parameters_with_each_rounding(tmp_path):
     assert {jnp.dtype(p.dtype) for p in jax.tree.leaves(result.params)} == {BF16}
     losses = result.history["train_loss"]
     assert all(map(np.isfinite, losses)) and losses[-1] < losses[0], rounding
+
+
+def test_bf16_params_lm_benchmark_runs_every_row(tmp_path):
+  """Smoke test of benchmarks/bf16_params_lm.py (a tiny LM, 3 steps, 2 seeds;
+  the figures are not checked): every row and seed is trained and written,
+  and float32 parameters are the reference of the paired differences."""
+  benchmarks = str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks")
+  sys.path.insert(0, benchmarks)
+  try:
+    bench = importlib.import_module("bf16_params_lm")  # puts examples/ on the path
+  finally:
+    sys.path.remove(benchmarks)
+  out = tmp_path / "lm.md"
+  bench.main(["--steps", "3", "--seeds", "2", "--tiny", "--out", str(out)])
+  rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+  labels = [r.split(" | ")[0][2:] for r in rows[1:]]
+  assert labels == [label for label, _, _ in bench.ROWS]
+  for row in rows[1:]:
+    per_seed = row.split(" | ")[1].split()
+    assert len(per_seed) == 2 and all(np.isfinite(float(v)) for v in per_seed), row
+  assert "| +0.00% (+0.00% to +0.00%) |" in rows[1]
