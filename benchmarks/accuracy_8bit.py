@@ -562,12 +562,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       )
     elif section == "lm":
       seeds = list(range(args.lm_seeds))
-      model = (
-        {"layers": 1, "d_model": 32, "heads": 2, "context": 16, "batch_size": 4,
-         "eval_every": 0, "n_eval_windows": 8}
-        if args.lm_tiny
-        else None
-      )
+      model = _load_example("train_lm").TINY if args.lm_tiny else None
       extra = f"Seeds {seeds}{' (tiny model)' if args.lm_tiny else ''}."
       run_lm(
         seeds,

@@ -29,11 +29,6 @@ ROWS = (
 )
 
 
-# A tiny model for the smoke test (tests/test_rounding.py); figures not checked.
-TINY = {"layers": 1, "d_model": 32, "heads": 2, "context": 16, "batch_size": 4,
-        "eval_every": 0, "n_eval_windows": 8}  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=300)
@@ -59,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         rounding=rounding,
         data=data,
         progress=False,
-        **(TINY if args.tiny else {}),
+        **(train_lm.TINY if args.tiny else {}),
       )
       losses[label].append(result.val_loss)
       took = time.perf_counter() - start

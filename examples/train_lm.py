@@ -66,6 +66,9 @@ MAX_BYTES = 2_000_000
 VAL_FRACTION = 0.1  # the last 10% of the text
 EVAL_WINDOWS = 256  # fixed windows of CONTEXT bytes per split per evaluation
 EVAL_EVERY = 100
+# A tiny model for the benchmarks' smoke tests (train(**TINY)): seconds, not minutes.
+TINY = {"layers": 1, "d_model": 32, "heads": 2, "context": 16, "batch_size": 4,
+        "eval_every": 0, "n_eval_windows": 8}  # fmt: skip
 VOCAB = 256  # bytes
 OUT = pathlib.Path("runs/train_lm")
 PLOT_NAME = "train_lm.png"
