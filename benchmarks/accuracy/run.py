@@ -1,7 +1,7 @@
 """Accuracy of the lean optimizer states against float32 state (issue 15, item 4).
 
-Run: python benchmarks/accuracy_8bit.py                    # every section
-     python benchmarks/accuracy_8bit.py --sections lm      # one at a time
+Run: python -m benchmarks.accuracy                    # every section
+     python -m benchmarks.accuracy --sections lm      # one at a time
 
 Three sections, each training the same model from the same initialisation on
 the same batches with every way of storing RMSprop's buffers
@@ -24,8 +24,8 @@ the same batches with every way of storing RMSprop's buffers
 ``mu_quantization``, ``momentum_quantization``); where the installed
 optax_rms lacks a keyword the row is recorded as not measured, with the
 reason. Each run of a section replaces that section in ``--json`` (default
-benchmarks/accuracy_8bit.json) and ``--out`` (RESULTS_accuracy.md) is
-rendered from every section recorded there, so sections can be run
+benchmarks/results/<machine>/accuracy.json) and ``--out`` (accuracy.md beside
+it) is rendered from every section recorded there, so sections can be run
 separately. A whole run takes ~15 minutes on an idle 2-core CPU.
 """
 
@@ -42,7 +42,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from ..harness import machine_info, results_path
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SECTIONS = ("digits", "lm", "trajectory")
 DIGITS_ACCURACY_POINTS = 0.5  # target: |8bit-all - float32| mean test accuracy
@@ -348,11 +350,11 @@ def _run(rows: list[dict[str, Any]], row: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, Any]) -> str:
-  """RESULTS_accuracy.md from the recorded sections."""
+  """accuracy.md from the recorded sections."""
   lines = [
     "# Accuracy of the lean optimizer states",
     "",
-    "Written by `benchmarks/accuracy_8bit.py` (see its docstring for what each",
+    "Written by `python -m benchmarks.accuracy` (see its docstring for what each",
     "section trains); do not edit by hand. Same initialisation and batches in",
     "every row of a table: only the storage of RMSprop's buffers differs.",
     "`8bit-all` stores every buffer the variant has in 8 bits",
@@ -505,7 +507,9 @@ def _meta(extra: str, started: datetime.datetime, commit: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS)
   parser.add_argument("--seeds", type=int, default=3, help="digits seeds")
   parser.add_argument("--lm-seeds", type=int, default=1)
@@ -523,12 +527,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     "--states", nargs="+", default=["float32", "bfloat16", "8bit-nu", "8bit-all"]
   )
   parser.add_argument(
-    "--json", type=pathlib.Path, default=ROOT / "benchmarks" / "accuracy_8bit.json"
+    "--json",
+    type=pathlib.Path,
+    help="the recorded rows (default: benchmarks/results/<machine>/accuracy.json)",
   )
   parser.add_argument(
-    "--out", type=pathlib.Path, default=ROOT / "benchmarks" / "RESULTS_accuracy.md"
+    "--out", type=pathlib.Path, help="the report (default: accuracy.md beside it)"
   )
   args = parser.parse_args(argv)
+  if args.json is None:
+    args.json = results_path(machine_info(), "accuracy.json")
+  if args.out is None:
+    args.out = args.json.with_suffix(".md")
 
   commit = _commit()  # when the code is imported, not when a row is written
   for section in args.sections:
@@ -576,7 +586,3 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       save(run_trajectory(args.trajectory_steps), f"{args.trajectory_steps} steps.")
   print(f"wrote {args.out} and {args.json}")
   return read(args.json)
-
-
-if __name__ == "__main__":
-  main()

@@ -1,7 +1,7 @@
 """bfloat16 parameters: round to nearest, Kahan summation, stochastic rounding.
 
-Run: python benchmarks/bf16_params.py [--steps 3000]
-       [--out benchmarks/RESULTS_bf16_params.md]
+Run: python -m benchmarks.bf16_params.least_squares [--steps 3000] [--out FILE]
+(default: benchmarks/results/<machine>/bf16_params.md)
 
 Least squares, loss 0.5 * mean((X w - y)^2), with the true weights drawn
 uniformly in [1, 4) (where half a bfloat16 ulp is 2^-9 to 2^-7 relative:
@@ -37,6 +37,8 @@ import numpy as np
 import optax
 
 import optax_rms
+
+from ..harness import machine_info, results_path
 
 LR = 3e-4
 TARGETS = {"kahan": 1.25, "stochastic": 2.5}
@@ -228,7 +230,10 @@ float32).
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.bf16_params.least_squares",
+    description=__doc__.split("\n")[0],
+  )
   parser.add_argument("--steps", type=int, default=3000)
   parser.add_argument("--dim", type=int, default=64)
   parser.add_argument("--seeds", type=int, default=4)
@@ -239,15 +244,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     default=None,
     help="std of the start's offset from the optimum (repeatable; default 0.3, 1.0)",
   )
-  parser.add_argument("--out", type=pathlib.Path, default=None)
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    help="default: benchmarks/results/<machine>/bf16_params.md",
+  )
   args = parser.parse_args(argv)
   text = HEADER
   for init_noise in args.init_noise or (0.3, 1.0):
     out = run(args.steps, tuple(range(args.seeds)), args.dim, init_noise)
     text += "\n" + report(out, args.steps, args.dim, init_noise)
   print(text)
-  if args.out is not None:
-    args.out.write_text(text)
+  (args.out or results_path(machine_info(), "bf16_params.md")).write_text(text)
   return 0
 
 

@@ -1,9 +1,12 @@
-"""RESULTS.md and results.png from the measurements of bench_step.run_suite."""
+"""step.md and step.png from the measurements of run.run_suite: the machine,
+the targets, then one part per section that ran (a small function each)."""
 
 from __future__ import annotations
 
 import pathlib
 from typing import Any
+
+from ..harness import Target, md_table, summary, target_table
 
 # Report order; a tree section holds those it timed ("ours bf16 state" only on
 # the bfloat16 tree, no torch rows where torch could not run beside JAX).
@@ -20,7 +23,7 @@ IMPLS = (
   "torch single",
 )
 STEP_RATIO_MAX = 1.05  # jitted step, ours / optax, best-of-N
-# The sections that targets are read from (bench_step.section_names() less
+# The sections that targets are read from (run.section_names() less
 # roofline and states): one left out of a run is listed as not measured.
 TARGET_SECTIONS = (
   "tree:one_big_leaf",
@@ -39,10 +42,6 @@ COMPILE_RATIO_MAX = 0.70  # ours / optax, centered+momentum, many_small tree
 # pack_small(ours): both are optax_rms, the second one wrapper away (as
 # torch's foreach is its own grouping of tensors). Both figures are printed.
 EAGER_REL_DIFF_MAX = 1e-6  # "identical to float32 rounding": a few ulps
-
-# A target row: (target, measured, status); status True = MET, False =
-# MISSED, None = not measured (section not run, failed, or torch absent).
-Target = tuple[str, str, bool | None]
 
 
 def _ms(s: float) -> str:
@@ -224,24 +223,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
   return rows
 
 
-def _status(met: bool | None) -> str:
-  return {True: "MET", False: "**MISSED**", None: "not measured"}[met]
-
-
-def _counts(rows: list[Target]) -> str:
-  met = sum(r[2] is True for r in rows)
-  missed = sum(r[2] is False for r in rows)
-  text = f"{met} MET, {missed} MISSED"
-  if len(rows) - met - missed:
-    text += f", {len(rows) - met - missed} not measured"
-  return text
-
-
 def target_summary(results: dict[str, Any]) -> str:
-  rows = targets(results)
-  lines = [f"targets: {_counts(rows)}"]
-  lines += [f"  MISSED {name}: {meas}" for name, meas, met in rows if met is False]
-  return "\n".join(lines)
+  return summary(targets(results))
 
 
 def _steps_per_sample(node: Any) -> list[int]:
@@ -250,15 +233,6 @@ def _steps_per_sample(node: Any) -> list[int]:
     own = [node["steps_per_sample"]] if "steps_per_sample" in node else []
     return own + [m for v in node.values() for m in _steps_per_sample(v)]
   return []
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-  """A Markdown table; "|" inside a cell is escaped."""
-
-  def line(cells: list[Any]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-  return [line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]
 
 
 def _machine_lines(results: dict[str, Any]) -> list[str]:
@@ -302,23 +276,34 @@ TRAIN_STEP_POINTER = [
   "The whole jitted train step (forward, backward, update; params and state "
   "donated) on three Flax NNX models, with its peak memory per parameter and "
   "time per optimizer and state mode, and issue 15's memory targets: "
-  "[RESULTS_train_step.md](RESULTS_train_step.md), written by `python -m "
+  "[train_step.md](train_step.md), written by `python -m "
   "benchmarks.train_step`. The sections below time the optimizer step alone.",
   "",
 ]
 
 
 def render(results: dict[str, Any], command: str = "") -> str:
-  """RESULTS.md: machine, target table, then one part per section that ran."""
-  sections = results["sections"]
-  peak, peak_kernel = roofline(results)
-  rows = targets(results)
+  """step.md: machine, target table, then one part per section that ran."""
+  out = _header(results, command) + TRAIN_STEP_POINTER
+  out += target_table(targets(results))
+  out += _roofline_part(results)
+  out += _trees_part(results)
+  out += _states_part(results["sections"].get("states"))
+  out += _compile_part(results["sections"].get("compile"))
+  out += _eager_part(results["sections"].get("eager"))
+  out.append("")
+  return "\n".join(out)
+
+
+def _header(results: dict[str, Any], command: str) -> list[str]:
+  """Title, command, machine; the scale's caveat; the sections that failed."""
   minutes, seconds = divmod(round(results["runtime_s"]), 60)
   out = [
     "# optax_rms step benchmark",
     "",
-    f"Written by `{command or 'bench_step.run_suite'}` (scale `{results['scale']}`, "
-    f"{minutes} min {seconds} s). How it measures: `benchmarks/README.md`.",
+    f"Written by `{command or 'benchmarks.step.run.run_suite'}` (scale "
+    f"`{results['scale']}`, {minutes} min {seconds} s). How it measures: "
+    "`docs/performance_findings.md`.",
     "",
     *_machine_lines(results),
     "",
@@ -330,25 +315,23 @@ def render(results: dict[str, Any], command: str = "") -> str:
       "cache), so MET/MISSED below is indicative only; the full run decides.",
       "",
     ]
-  failed = {k: v["error"] for k, v in sections.items() if not _ok(v)}
+  failed = {k: v["error"] for k, v in results["sections"].items() if not _ok(v)}
   if failed:
     out += ["## Sections that failed", ""]
     out += [f"- `{k}`: {err}" for k, err in failed.items()]
     out.append("")
-  out += TRAIN_STEP_POINTER
-  out += [f"## Targets: {_counts(rows)}", ""]
-  out += _table(
-    ["target", "measured", "status"],
-    [[t, meas, _status(met)] for t, meas, met in rows],
-  )
+  return out
 
-  rl_rows = []
+
+def _roofline_part(results: dict[str, Any]) -> list[str]:
+  sections = results["sections"]
+  rows = []
   for key, when in (("roofline", "start"), ("roofline_end", "end")):
     sec = sections.get(key)
     if not _ok(sec):
       continue
     for name, k in sec["kernels"].items():
-      rl_rows.append(
+      rows.append(
         [
           f"{name} ({when})",
           f"{k['bytes'] / sec['n']:.0f}",
@@ -359,56 +342,72 @@ def render(results: dict[str, Any], command: str = "") -> str:
           k["n"],
         ]
       )
-  if rl_rows:
-    n = next(sections[k]["n"] for k in ("roofline", "roofline_end") if k in sections)
-    out += [
-      "",
-      "## Bandwidth roofline",
-      "",
-      f"float32 arrays of {n:,} elements ({n * 4 / 2**20:.0f} MiB each), written "
-      "into a donated buffer; run first and last. Bytes as STREAM counts them. "
-      f"Roofline used below: **{peak:.1f} GB/s** ({peak_kernel}), the best of "
-      "all six.",
-      "",
-    ]
-    out += _table(
-      ["kernel", "B/elem", "best ms", "median ms", "best GB/s", "median GB/s", "N"],
-      rl_rows,
-    )
+  if not rows:
+    return []
+  peak, peak_kernel = roofline(results)
+  n = next(sections[k]["n"] for k in ("roofline", "roofline_end") if k in sections)
+  out = [
+    "",
+    "## Bandwidth roofline",
+    "",
+    f"float32 arrays of {n:,} elements ({n * 4 / 2**20:.0f} MiB each), written "
+    "into a donated buffer; run first and last. Bytes as STREAM counts them. "
+    f"Roofline used below: **{peak:.1f} GB/s** ({peak_kernel}), the best of "
+    "all six.",
+    "",
+  ]
+  header = ["kernel", "B/elem", "best ms", "median ms", "best GB/s", "median GB/s"]
+  return out + md_table([*header, "N"], rows)
 
+
+TREES_INTRO = (
+  "`B/param` = the fewest bytes a step must move, per parameter: params "
+  "read and written, grads read, every state array read and written (20 "
+  "for plain float32). `HLO B/param` = what the compiled program moves if "
+  "each of its top-level fusions reads its operands and writes its results "
+  "once (more than B/param where XLA splits the step into several passes). "
+  "`ops` = the compiled program's top-level operations (fusions, copies, "
+  "concatenations: one kernel launch each on a GPU, one loop on the CPU); "
+  "on trees of many small leaves the step's time follows them. "
+  "GB/s = B/param bytes / best time; of roofline = that GB/s / the "
+  "roofline above. vs optax = time / optax's time (best; median). On "
+  "the bfloat16 tree, ours keeps float32 state and so moves more bytes "
+  "than optax (14 vs 10 B/param plain): its time ratio to optax is still "
+  "the target; `ours bf16 state` (same bytes as optax) is the "
+  "like-for-like row. `pack_small(ours)` is "
+  "`optax_rms.pack_small(optax_rms.rmsprop(...))`: the state of the leaves "
+  "of <= 65,536 elements packed into flat vectors of <= 32 leaves, so one "
+  "kernel updates many leaves' statistics, for the price of concatenating "
+  "their gradients and slicing their updates each step. `optax.flatten(ours)` "
+  "(on the 1000 small leaves) packs every leaf into one vector. The "
+  "ours/optax and roofline targets are read from `ours`; the torch and "
+  "compile targets from the faster of `ours` and `pack_small(ours)`, both "
+  "printed. `triad in "
+  "place` (on the one big leaf) is no optimizer: STREAM's triad `b = b + "
+  "s*c` on arrays of the same size, timed in the same rounds as the steps "
+  "(12 B/element), the ceiling the roofline target is judged against."
+)
+TREE_COLUMNS = [
+  "variant",
+  "impl",
+  "B/param",
+  "HLO B/param",
+  "ops",
+  "best ms",
+  "median ms",
+  "GB/s",
+  "of roofline",
+  "vs optax",
+  "N",
+]
+
+
+def _trees_part(results: dict[str, Any]) -> list[str]:
   trees = _tree_sections(results)
-  if trees:
-    out += [
-      "",
-      "## Jitted step (params and state donated)",
-      "",
-      "`B/param` = the fewest bytes a step must move, per parameter: params "
-      "read and written, grads read, every state array read and written (20 "
-      "for plain float32). `HLO B/param` = what the compiled program moves if "
-      "each of its top-level fusions reads its operands and writes its results "
-      "once (more than B/param where XLA splits the step into several passes). "
-      "`ops` = the compiled program's top-level operations (fusions, copies, "
-      "concatenations: one kernel launch each on a GPU, one loop on the CPU); "
-      "on trees of many small leaves the step's time follows them. "
-      "GB/s = B/param bytes / best time; of roofline = that GB/s / the "
-      "roofline above. vs optax = time / optax's time (best; median). On "
-      "the bfloat16 tree, ours keeps float32 state and so moves more bytes "
-      "than optax (14 vs 10 B/param plain): its time ratio to optax is still "
-      "the target; `ours bf16 state` (same bytes as optax) is the "
-      "like-for-like row. `pack_small(ours)` is "
-      "`optax_rms.pack_small(optax_rms.rmsprop(...))`: the state of the leaves "
-      "of <= 65,536 elements packed into flat vectors of <= 32 leaves, so one "
-      "kernel updates many leaves' statistics, for the price of concatenating "
-      "their gradients and slicing their updates each step. `optax.flatten(ours)` "
-      "(on the 1000 small leaves) packs every leaf into one vector. The "
-      "ours/optax and roofline targets are read from `ours`; the torch and "
-      "compile targets from the faster of `ours` and `pack_small(ours)`, both "
-      "printed. `triad in "
-      "place` (on the one big leaf) is no optimizer: STREAM's triad `b = b + "
-      "s*c` on arrays of the same size, timed in the same rounds as the steps "
-      "(12 B/element), the ceiling the roofline target is judged against.",
-      "",
-    ]
+  if not trees:
+    return []
+  peak, _ = roofline(results)
+  out = ["", "## Jitted step (params and state donated)", "", TREES_INTRO, ""]
   for tree in trees:
     out += [
       f"### {tree['name']}: {tree['n_params']:,} params, {tree['n_leaves']} leaves",
@@ -416,213 +415,201 @@ def render(results: dict[str, Any], command: str = "") -> str:
       tree["description"] + ".",
       "",
     ]
-    table = []
-    for vname, impls in tree["variants"].items():
-      ref = impls["optax"]
-      for impl in (i for i in (*IMPLS, PAIRED_TRIAD) if i in impls):
-        r = impls[impl]
-        gbs = _gbs(r["bytes"], r["best_s"])
-        hlo = r.get("hlo_bytes")
-        table.append(
-          [
-            vname,
-            impl,
-            f"{r['bytes'] / tree['n_params']:.0f}",
-            f"{hlo / tree['n_params']:.0f}" if hlo else "",
-            r.get("hlo_ops", ""),
-            _ms(r["best_s"]),
-            _ms(r["median_s"]),
-            f"{gbs:.1f}",
-            f"{gbs / peak:.0%}" if peak else "n/a",
-            f"{r['best_s'] / ref['best_s']:.2f}; {r['median_s'] / ref['median_s']:.2f}",
-            r["n"],
-          ]
-        )
-    out += _table(
-      [
-        "variant",
-        "impl",
-        "B/param",
-        "HLO B/param",
-        "ops",
-        "best ms",
-        "median ms",
-        "GB/s",
-        "of roofline",
-        "vs optax",
-        "N",
-      ],
-      table,
-    )
+    out += md_table(TREE_COLUMNS, _tree_rows(tree, peak))
     out.append("")
+  return out
 
-  states = sections.get("states")
-  if _ok(states):
-    modes = list(next(iter(states["memory"].values()), {}))
-    out += [
-      "",
-      "## Optimizer state memory",
-      "",
-      f"Bytes per parameter of the state from `tx.init` on the "
-      f"{states['memory_tree']} tree ({states['memory_n_params']:,} params): "
-      "the non-scalar arrays' `nbytes` (the int32 step counter left out) / "
-      "n_params. bfloat16: nu/mu/momentum_dtype='bfloat16'; 8bit nu: "
-      "`nu_quantization='8bit'` (1 byte per element plus one float32 maximum "
-      "per 256-element block of each leaf, the last block padded; mu and "
-      "momentum float32); optax: float32 (no dtype option). n/a: this "
-      "optax_rms has no such option.",
-      "",
-    ]
-    out += _table(
-      ["variant"] + modes,
-      [
-        [vname] + [_bpp(row[mode]) for mode in modes]
-        for vname, row in states["memory"].items()
-      ],
-    )
-    out += [
-      "",
-      f"Step time per state mode ({states['timing_tree']}, float32 params, "
-      "jitted and donated as above; GB/s from each mode's own bytes; vs = time "
-      "/ ours float32's):",
-      "",
-    ]
-    table = []
-    n = states["timing_n_params"]
-    for vname, impls in states["timing"].items():
-      base = impls.get("ours float32")
-      for name, r in impls.items():
-        if isinstance(r, str):
-          table.append([vname, name] + ["n/a"] * 6 + [r[:80]])
-          continue
-        table.append(
-          [
-            vname,
-            name,
-            f"{r['bytes'] / n:.1f}",
-            f"{r['hlo_bytes'] / n:.1f}" if "hlo_bytes" in r else "?",
-            _ms(r["best_s"]),
-            _ms(r["median_s"]),
-            f"{_gbs(r['bytes'], r['best_s']):.1f}",
-            f"{r['best_s'] / base['best_s']:.2f}" if isinstance(base, dict) else "",
-            r["n"],
-          ]
-        )
-    out += _table(
-      [
-        "variant",
-        "state",
-        "B/param",
-        "HLO B/param",
-        "best ms",
-        "median ms",
-        "GB/s",
-        "vs",
-        "N",
-      ],
-      table,
-    )
 
-  comp = sections.get("compile")
-  if _ok(comp):
-    out += [
-      "",
-      "## Compile time of the jitted step",
-      "",
-      f"{comp['tree']}; `jax.clear_caches()` before each; lower = trace + lower "
-      "to StableHLO (`jax.jit(step).lower(...)`), compile = XLA "
-      "(`.compile()`). Best of N, the implementations alternated. "
-      "`optax.flatten(ours)`: one concatenation of every leaf, which XLA "
-      "compiles slowly; `pack_small(ours)` bounds each to 32 leaves. "
-      "StableHLO ops: "
-      "lines with a result in `lowered.as_text()`; HLO ops and fusions: the "
-      "ENTRY computation of `compiled.as_text()`.",
-      "",
-    ]
-    table = []
-    for vname, impls in comp.items():
-      if not isinstance(impls, dict):
+def _tree_rows(tree: dict[str, Any], peak: float) -> list[list[Any]]:
+  """One row per variant and implementation of a tree section (TREE_COLUMNS)."""
+  table = []
+  for vname, impls in tree["variants"].items():
+    ref = impls["optax"]
+    for impl in (i for i in (*IMPLS, PAIRED_TRIAD) if i in impls):
+      r = impls[impl]
+      gbs = _gbs(r["bytes"], r["best_s"])
+      hlo = r.get("hlo_bytes")
+      table.append(
+        [
+          vname,
+          impl,
+          f"{r['bytes'] / tree['n_params']:.0f}",
+          f"{hlo / tree['n_params']:.0f}" if hlo else "",
+          r.get("hlo_ops", ""),
+          _ms(r["best_s"]),
+          _ms(r["median_s"]),
+          f"{gbs:.1f}",
+          f"{gbs / peak:.0%}" if peak else "n/a",
+          f"{r['best_s'] / ref['best_s']:.2f}; {r['median_s'] / ref['median_s']:.2f}",
+          r["n"],
+        ]
+      )
+  return table
+
+
+def _states_part(states: Any) -> list[str]:
+  """Bytes per parameter per state mode, then each mode's step time."""
+  if not _ok(states):
+    return []
+  modes = list(next(iter(states["memory"].values()), {}))
+  out = [
+    "",
+    "## Optimizer state memory",
+    "",
+    f"Bytes per parameter of the state from `tx.init` on the "
+    f"{states['memory_tree']} tree ({states['memory_n_params']:,} params): "
+    "the non-scalar arrays' `nbytes` (the int32 step counter left out) / "
+    "n_params. bfloat16: nu/mu/momentum_dtype='bfloat16'; 8bit nu: "
+    "`nu_quantization='8bit'` (1 byte per element plus one float32 maximum "
+    "per 256-element block of each leaf, the last block padded; mu and "
+    "momentum float32); optax: float32 (no dtype option). n/a: this "
+    "optax_rms has no such option.",
+    "",
+  ]
+  out += md_table(
+    ["variant"] + modes,
+    [
+      [vname] + [_bpp(row[mode]) for mode in modes]
+      for vname, row in states["memory"].items()
+    ],
+  )
+  out += [
+    "",
+    f"Step time per state mode ({states['timing_tree']}, float32 params, "
+    "jitted and donated as above; GB/s from each mode's own bytes; vs = time "
+    "/ ours float32's):",
+    "",
+  ]
+  header = ["variant", "state", "B/param", "HLO B/param", "best ms", "median ms"]
+  return out + md_table([*header, "GB/s", "vs", "N"], _state_time_rows(states))
+
+
+def _state_time_rows(states: dict[str, Any]) -> list[list[Any]]:
+  table = []
+  n = states["timing_n_params"]
+  for vname, impls in states["timing"].items():
+    base = impls.get("ours float32")
+    for name, r in impls.items():
+      if isinstance(r, str):
+        table.append([vname, name] + ["n/a"] * 6 + [r[:80]])
         continue
-      for name, r in impls.items():
-        table.append(
-          [
-            vname,
-            name,
-            f"{r['lower_best_s']:.2f}",
-            f"{r['compile_best_s']:.2f}",
-            f"{r['total_best_s']:.2f}",
-            f"{r['total_median_s']:.2f}",
-            f"{r['total_best_s'] / impls['optax']['total_best_s']:.2f}",
-            r["stablehlo_ops"],
-            r["entry_instructions"],
-            r["entry_fusions"],
-            r["n"],
-          ]
-        )
-    out += _table(
-      [
-        "variant",
-        "impl",
-        "lower s",
-        "compile s",
-        "total s",
-        "total median s",
-        "vs optax",
-        "StableHLO ops",
-        "HLO ops",
-        "fusions",
-        "N",
-      ],
-      table,
-    )
+      table.append(
+        [
+          vname,
+          name,
+          f"{r['bytes'] / n:.1f}",
+          f"{r['hlo_bytes'] / n:.1f}" if "hlo_bytes" in r else "?",
+          _ms(r["best_s"]),
+          _ms(r["median_s"]),
+          f"{_gbs(r['bytes'], r['best_s']):.1f}",
+          f"{r['best_s'] / base['best_s']:.2f}" if isinstance(base, dict) else "",
+          r["n"],
+        ]
+      )
+  return table
 
-  eager = sections.get("eager")
-  if _ok(eager):
-    out += [
-      "",
-      "## Eager update (no jit)",
-      "",
-      f"{eager['tree']}; `jax.block_until_ready(tx.update(grads, state, "
-      "params))`, alternated; agreement: three chained eager steps from the "
-      "same start (three different gradients), last updates and params "
-      "compared leaf by leaf: max|ours - optax| / max|optax|. optax runs op by "
-      "op and ours as one XLA computation, so rsqrt and fused arithmetic may "
-      "round differently in the last bits.",
-      "",
-    ]
-    table = []
-    for vname, row in eager.items():
-      if not isinstance(row, dict):
-        continue
-      for name in ("ours", "optax"):
-        r = row[name]
-        table.append(
-          [
-            vname,
-            name,
-            _ms(r["best_s"]),
-            _ms(r["median_s"]),
-            f"{row['optax']['best_s'] / r['best_s']:.1f}",
-            f"{row['max_rel_diff']:.1e}" if name == "ours" else "",
-            f"{row['equal_fraction']:.0%}" if name == "ours" else "",
-            r["n"],
-          ]
-        )
-    out += _table(
-      [
-        "variant",
-        "impl",
-        "best ms",
-        "median ms",
-        "speedup vs optax",
-        "max|Δ|/max|ref|",
-        "bit-identical elements",
-        "N",
-      ],
-      table,
-    )
-  out.append("")
-  return "\n".join(out)
+
+COMPILE_COLUMNS = [
+  "variant",
+  "impl",
+  "lower s",
+  "compile s",
+  "total s",
+  "total median s",
+  "vs optax",
+  "StableHLO ops",
+  "HLO ops",
+  "fusions",
+  "N",
+]
+
+
+def _compile_part(comp: Any) -> list[str]:
+  if not _ok(comp):
+    return []
+  out = [
+    "",
+    "## Compile time of the jitted step",
+    "",
+    f"{comp['tree']}; `jax.clear_caches()` before each; lower = trace + lower "
+    "to StableHLO (`jax.jit(step).lower(...)`), compile = XLA "
+    "(`.compile()`). Best of N, the implementations alternated. "
+    "`optax.flatten(ours)`: one concatenation of every leaf, which XLA "
+    "compiles slowly; `pack_small(ours)` bounds each to 32 leaves. "
+    "StableHLO ops: "
+    "lines with a result in `lowered.as_text()`; HLO ops and fusions: the "
+    "ENTRY computation of `compiled.as_text()`.",
+    "",
+  ]
+  table = []
+  for vname, impls in comp.items():
+    if not isinstance(impls, dict):
+      continue
+    for name, r in impls.items():
+      table.append(
+        [
+          vname,
+          name,
+          f"{r['lower_best_s']:.2f}",
+          f"{r['compile_best_s']:.2f}",
+          f"{r['total_best_s']:.2f}",
+          f"{r['total_median_s']:.2f}",
+          f"{r['total_best_s'] / impls['optax']['total_best_s']:.2f}",
+          r["stablehlo_ops"],
+          r["entry_instructions"],
+          r["entry_fusions"],
+          r["n"],
+        ]
+      )
+  return out + md_table(COMPILE_COLUMNS, table)
+
+
+EAGER_COLUMNS = [
+  "variant",
+  "impl",
+  "best ms",
+  "median ms",
+  "speedup vs optax",
+  "max|Δ|/max|ref|",
+  "bit-identical elements",
+  "N",
+]
+
+
+def _eager_part(eager: Any) -> list[str]:
+  if not _ok(eager):
+    return []
+  out = [
+    "",
+    "## Eager update (no jit)",
+    "",
+    f"{eager['tree']}; `jax.block_until_ready(tx.update(grads, state, "
+    "params))`, alternated; agreement: three chained eager steps from the "
+    "same start (three different gradients), last updates and params "
+    "compared leaf by leaf: max|ours - optax| / max|optax|. optax runs op by "
+    "op and ours as one XLA computation, so rsqrt and fused arithmetic may "
+    "round differently in the last bits.",
+    "",
+  ]
+  table = []
+  for vname, row in eager.items():
+    if not isinstance(row, dict):
+      continue
+    for name in ("ours", "optax"):
+      r = row[name]
+      table.append(
+        [
+          vname,
+          name,
+          _ms(r["best_s"]),
+          _ms(r["median_s"]),
+          f"{row['optax']['best_s'] / r['best_s']:.1f}",
+          f"{row['max_rel_diff']:.1e}" if name == "ours" else "",
+          f"{row['equal_fraction']:.0%}" if name == "ours" else "",
+          r["n"],
+        ]
+      )
+  return out + md_table(EAGER_COLUMNS, table)
 
 
 def _bpp(value: Any) -> str:
