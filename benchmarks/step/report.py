@@ -94,85 +94,109 @@ def _bytes_note(tree: dict[str, Any], impls: dict[str, Any]) -> str:
 
 
 def targets(results: dict[str, Any]) -> list[Target]:
-  """(target, measured, status) rows."""
-  rows: list[Target] = []
+  """(target, measured, status) rows, one kind of target after the other."""
+  trees = _tree_sections(results)
+  rows = [row for tree in trees for row in _step_targets(tree)]
+  big = [tree for tree in trees if tree["name"] == "one_big_leaf"]
+  rows += [row for tree in big for row in _roofline_targets(results, tree)]
+  rows += [row for tree in trees for row in _torch_targets(results, tree)]
+  rows += _eager_targets(results["sections"].get("eager"))
+  rows += _compile_targets(results["sections"].get("compile"))
+  return rows + _unmeasured_sections(results)
+
+
+def _step_targets(tree: dict[str, Any]) -> list[Target]:
+  """ours/optax, best of N, per variant."""
+  rows = []
+  for vname, impls in tree["variants"].items():
+    ours, ref = impls["ours"], impls["optax"]
+    ratio = ours["best_s"] / ref["best_s"]
+    rows.append(
+      (
+        f"step ours/optax <= {STEP_RATIO_MAX}: {tree['name']}, {vname}",
+        f"{ratio:.3f} ({_ms(ours['best_s'])} vs {_ms(ref['best_s'])} ms; "
+        f"median {ours['median_s'] / ref['median_s']:.3f}"
+        f"{_bytes_note(tree, impls)})",
+        ratio <= STEP_RATIO_MAX,
+      )
+    )
+  return rows
+
+
+def _roofline_targets(results: dict[str, Any], tree: dict[str, Any]) -> list[Target]:
+  """ours' GB/s on the one big leaf against the ceiling, per variant."""
   peak, _ = roofline(results)
-  for tree in _tree_sections(results):
-    for vname, impls in tree["variants"].items():
-      ours, ref = impls["ours"], impls["optax"]
-      ratio = ours["best_s"] / ref["best_s"]
-      rows.append(
-        (
-          f"step ours/optax <= {STEP_RATIO_MAX}: {tree['name']}, {vname}",
-          f"{ratio:.3f} ({_ms(ours['best_s'])} vs {_ms(ref['best_s'])} ms; "
-          f"median {ours['median_s'] / ref['median_s']:.3f}"
-          f"{_bytes_note(tree, impls)})",
-          ratio <= STEP_RATIO_MAX,
-        )
+  rows: list[Target] = []
+  for vname, impls in tree["variants"].items():
+    name = f">= {ROOFLINE_MIN:.0%} of roofline: one_big_leaf, {vname}"
+    ours = impls["ours"]
+    gbs = _gbs(ours["bytes"], ours["best_s"])
+    gbs_median = _gbs(ours["bytes"], ours["median_s"])
+    if PAIRED_TRIAD in impls:
+      # The in-place triad timed in the same rounds as the steps: the same
+      # moments, where the host's bandwidth drifts between the roofline's
+      # runs (one run: 65 GB/s at the start, 96 at the end). Median to
+      # median; the run's best roofline is printed beside it.
+      triad = impls[PAIRED_TRIAD]
+      ceiling = _gbs(triad["bytes"], triad["median_s"])
+      fraction = gbs_median / ceiling
+      measured = (
+        f"{fraction:.0%} of the in-place triad timed beside it, median to "
+        f"median ({gbs_median:.1f} of {ceiling:.1f} GB/s)"
       )
-  for tree in _tree_sections(results):
-    if tree["name"] != "one_big_leaf":
+      if peak:
+        measured += f"; best to the run's best roofline {gbs / peak:.0%}"
+    elif peak:
+      # Judged median to median: a best-of-N step time and a best-of-N
+      # roofline come from different moments. Best to best beside it.
+      peak_median, _ = roofline(results, "median_s")
+      fraction = gbs_median / peak_median
+      measured = (
+        f"{fraction:.0%} median to median ({gbs_median:.1f} of "
+        f"{peak_median:.1f} GB/s); best to best {gbs / peak:.0%} "
+        f"({gbs:.1f} of {peak:.1f} GB/s)"
+      )
+    else:
+      rows.append((name, "n/a: no roofline measured", None))
       continue
-    for vname, impls in tree["variants"].items():
-      name = f">= {ROOFLINE_MIN:.0%} of roofline: one_big_leaf, {vname}"
-      ours = impls["ours"]
-      gbs = _gbs(ours["bytes"], ours["best_s"])
-      gbs_median = _gbs(ours["bytes"], ours["median_s"])
-      if PAIRED_TRIAD in impls:
-        # The in-place triad timed in the same rounds as the steps: the same
-        # moments, where the host's bandwidth drifts between the roofline's
-        # runs (one run: 65 GB/s at the start, 96 at the end). Median to
-        # median; the run's best roofline is printed beside it.
-        triad = impls[PAIRED_TRIAD]
-        ceiling = _gbs(triad["bytes"], triad["median_s"])
-        fraction = gbs_median / ceiling
-        measured = (
-          f"{fraction:.0%} of the in-place triad timed beside it, median to "
-          f"median ({gbs_median:.1f} of {ceiling:.1f} GB/s)"
-        )
-        if peak:
-          measured += f"; best to the run's best roofline {gbs / peak:.0%}"
-      elif peak:
-        # Judged median to median: a best-of-N step time and a best-of-N
-        # roofline come from different moments. Best to best beside it.
-        peak_median, _ = roofline(results, "median_s")
-        fraction = gbs_median / peak_median
-        measured = (
-          f"{fraction:.0%} median to median ({gbs_median:.1f} of "
-          f"{peak_median:.1f} GB/s); best to best {gbs / peak:.0%} "
-          f"({gbs:.1f} of {peak:.1f} GB/s)"
-        )
-      else:
-        rows.append((name, "n/a: no roofline measured", None))
-        continue
-      if ours.get("hlo_bytes", 0) > ours["bytes"]:
-        measured += (
-          f"; the compiled step's passes move "
-          f"{ours['hlo_bytes'] / tree['n_params']:.0f} B/param, not "
-          f"{ours['bytes'] / tree['n_params']:.0f}: "
-          f"{ours['bytes'] / ours['hlo_bytes']:.0%} if all stream from memory"
-        )
-      rows.append((name, measured, fraction >= ROOFLINE_MIN))
-  for tree in _tree_sections(results):
-    for vname, impls in tree["variants"].items():
-      name = f"faster than torch foreach: {tree['name']}, {vname}"
-      if "torch foreach" not in impls:
-        why = results["machine"].get("torch_device", "torch not run")
-        rows.append((name, f"n/a: torch {why}", None))
-        continue
-      ref = impls["torch foreach"]["best_s"]
-      ours = [i for i in ("ours", PACKED) if i in impls]
-      measured = "; ".join(
-        f"{i}: {ref / impls[i]['best_s']:.2f}x ({_ms(impls[i]['best_s'])} ms)"
-        for i in ours
+    if ours.get("hlo_bytes", 0) > ours["bytes"]:
+      measured += (
+        f"; the compiled step's passes move "
+        f"{ours['hlo_bytes'] / tree['n_params']:.0f} B/param, not "
+        f"{ours['bytes'] / tree['n_params']:.0f}: "
+        f"{ours['bytes'] / ours['hlo_bytes']:.0%} if all stream from memory"
       )
-      measured += f"; torch foreach {_ms(ref)} ms"
-      if FLATTENED in impls:
-        flat = impls[FLATTENED]["best_s"]
-        measured += f"; {FLATTENED}: {ref / flat:.2f}x ({_ms(flat)} ms)"
-      best = min(impls[i]["best_s"] for i in ours)
-      rows.append((name, measured, best < ref))
-  eager = results["sections"].get("eager")
+    rows.append((name, measured, fraction >= ROOFLINE_MIN))
+  return rows
+
+
+def _torch_targets(results: dict[str, Any], tree: dict[str, Any]) -> list[Target]:
+  """The faster of ours and pack_small(ours) against torch foreach."""
+  rows: list[Target] = []
+  for vname, impls in tree["variants"].items():
+    name = f"faster than torch foreach: {tree['name']}, {vname}"
+    if "torch foreach" not in impls:
+      why = results["machine"].get("torch_device", "torch not run")
+      rows.append((name, f"n/a: torch {why}", None))
+      continue
+    ref = impls["torch foreach"]["best_s"]
+    ours = [i for i in ("ours", PACKED) if i in impls]
+    measured = "; ".join(
+      f"{i}: {ref / impls[i]['best_s']:.2f}x ({_ms(impls[i]['best_s'])} ms)"
+      for i in ours
+    )
+    measured += f"; torch foreach {_ms(ref)} ms"
+    if FLATTENED in impls:
+      flat = impls[FLATTENED]["best_s"]
+      measured += f"; {FLATTENED}: {ref / flat:.2f}x ({_ms(flat)} ms)"
+    best = min(impls[i]["best_s"] for i in ours)
+    rows.append((name, measured, best < ref))
+  return rows
+
+
+def _eager_targets(eager: Any) -> list[Target]:
+  """Speed against optax eager, and agreement with it, per variant."""
+  rows: list[Target] = []
   for vname, row in eager.items() if _ok(eager) else ():
     if not isinstance(row, dict):
       continue
@@ -195,29 +219,40 @@ def targets(results: dict[str, Any]) -> list[Target]:
         row["max_rel_diff"] <= EAGER_REL_DIFF_MAX,
       )
     )
-  comp = results["sections"].get("compile")
+  return rows
+
+
+def _compile_targets(comp: Any) -> list[Target]:
+  """centered+momentum: the faster of ours and pack_small(ours) / optax."""
   comp = comp.get("centered+momentum") if _ok(comp) else None
-  if comp:
-    ref = comp["optax"]["total_best_s"]
-    ours = [i for i in ("ours", PACKED) if i in comp]
-    measured = "; ".join(
-      f"{i}: {comp[i]['total_best_s'] / ref:.2f} ({comp[i]['total_best_s']:.2f} s)"
-      for i in ours
+  if not comp:
+    return []
+  ref = comp["optax"]["total_best_s"]
+  ours = [i for i in ("ours", PACKED) if i in comp]
+  measured = "; ".join(
+    f"{i}: {comp[i]['total_best_s'] / ref:.2f} ({comp[i]['total_best_s']:.2f} s)"
+    for i in ours
+  )
+  ratio = min(comp[i]["total_best_s"] for i in ours) / ref
+  return [
+    (
+      f"compile ours/optax <= {COMPILE_RATIO_MAX}: many_small, centered+momentum",
+      f"{measured}; optax {ref:.2f} s",
+      ratio <= COMPILE_RATIO_MAX,
     )
-    ratio = min(comp[i]["total_best_s"] for i in ours) / ref
-    rows.append(
-      (
-        f"compile ours/optax <= {COMPILE_RATIO_MAX}: many_small, centered+momentum",
-        f"{measured}; optax {ref:.2f} s",
-        ratio <= COMPILE_RATIO_MAX,
-      )
-    )
-  for name, sec in results["sections"].items():  # its targets are not measured
+  ]
+
+
+def _unmeasured_sections(results: dict[str, Any]) -> list[Target]:
+  """A section that failed, or that this run left out (a subset, or a run
+  cut short): its targets are not measured."""
+  rows: list[Target] = []
+  for name, sec in results["sections"].items():
     if not _ok(sec) and name != "roofline_end":
       rows.append(
         (f"targets of section {name}", f"n/a: it failed: {sec['error']}", None)
       )
-  for name in TARGET_SECTIONS:  # a subset, or a run cut short
+  for name in TARGET_SECTIONS:
     if name not in results["sections"]:
       rows.append((f"targets of section {name}", "n/a: not in this run", None))
   return rows
