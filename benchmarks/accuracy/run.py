@@ -365,101 +365,114 @@ def render(results: dict[str, Any]) -> str:
     "",
   ]
   sections = results.get("sections", {})
-  d = sections.get("digits")
-  if d:
-    lines += [
-      "## Digits (examples/train_digits.py's CNN)",
-      "",
-      *_run_lines(d["rows"]),
-      "",
-      "| variant | state | lr | test accuracy per seed | mean | vs float32 "
-      "(points) | test loss (mean) | s per run |",
-      "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in _ordered(d["rows"]):
-      if "skipped" in r:
-        lines.append(f"| {r['variant']} | {r['state']} | | not measured: "
-                     f"{r['skipped']} | | | | |")
-        continue
-      f32 = _find(d["rows"], variant=r["variant"], state="float32")
-      mean = _mean(r["test_accuracy"])
-      vs = f"{100 * (mean - _mean(f32['test_accuracy'])):+.2f}" if f32 else ""
-      lines.append(
-        f"| {r['variant']} | {r['state']}{_run(d['rows'], r)} | {r['lr']:g} | "
-        + " ".join(f"{100 * a:.2f}%" for a in r["test_accuracy"])
-        + f" | {100 * mean:.2f}% | {vs} | {_mean(r['test_loss']):.4f} | "
-        f"{_mean(r['seconds']):.0f} |"
-      )
-    lines.append("")
-    for t in digits_targets(d["rows"]):
-      lines.append(
-        f"- Target, {t['variant']}: 8bit-all within "
-        f"{DIGITS_ACCURACY_POINTS} points of float32 state (mean over >= 3 seeds): "
-        f"{t['diff_points']:+.2f} points over {t['seeds']} seeds, "
-        f"**{'MET' if t['met'] else 'MISSED'}**."
-      )
-    lines.append("")
-  m = sections.get("lm")
-  if m:
-    lines += [
-      "## Character-level LM (examples/train_lm.py)",
-      "",
-      *_run_lines(m["rows"]),
-      "",
-      "| variant | state | peak lr | steps | final validation loss per seed | "
-      "vs float32 | final train loss | s per run |",
-      "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in _ordered(m["rows"]):
-      if "skipped" in r:
-        lines.append(f"| {r['variant']} | {r['state']} | | | not measured: "
-                     f"{r['skipped']} | | | |")
-        continue
-      f32 = _find(m["rows"], variant=r["variant"], state="float32")
-      vs = ""
-      if f32:
-        mr, mf, k = _paired(r["val_loss"], f32["val_loss"])
-        vs = f"{100 * (mr / mf - 1):+.2f}%"
-        if k < len(f32["val_loss"]):
-          vs += f" (on seed{'s' if k > 1 else ''} {'0' if k == 1 else f'0-{k - 1}'})"
-      lines.append(
-        f"| {r['variant']} | {r['state']}{_run(m['rows'], r)} | {r['lr']:g} | "
-        f"{r['steps']} | "
-        + " ".join(f"{v:.4f}" for v in r["val_loss"])
-        + f" | {vs} | {_mean(r['train_loss']):.4f} | {_mean(r['seconds']):.0f} |"
-      )
-    lines.append("")
-    for t in lm_targets(m["rows"]):
-      lines.append(
-        f"- Target, {t['variant']}: 8bit-all's final validation loss within "
-        f"{100 * LM_RELATIVE:g}% of float32 state's (mean over the seeds): "
-        f"{100 * t['relative']:+.2f}% over {t['seeds']} seeds, "
-        f"**{'MET' if t['met'] else 'MISSED'}**."
-      )
-    lines.append("")
-  tr = sections.get("trajectory")
-  if tr:
-    lines += [
-      "## Trajectory deviation (noisy quadratic of tests/test_quantize.py)",
-      "",
-      *_run_lines(tr["rows"]),
-      "",
-      "Deviation after the last step, per coordinate: "
-      "`|x_lean - x_float32| / |x_float32 - x0|`, median and max over the 512.",
-      "",
-      "| configuration | state | median | max | finite |",
-      "|---|---|---|---|---|",
-    ]
-    for r in _ordered(tr["rows"]):
-      if "skipped" in r:
-        lines.append(f"| {r['config']} | {r['mode']} | not measured: "
-                     f"{r['skipped']} | | |")
-      else:
-        lines.append(f"| {r['config']} | {r['mode']}{_run(tr['rows'], r)} | "
-                     f"{r['median']:.2e} | "
-                     f"{r['max']:.2e} | {r['finite']} |")
-    lines.append("")
+  parts = {"digits": _digits_part, "lm": _lm_part, "trajectory": _trajectory_part}
+  for name, part in parts.items():
+    if sections.get(name):
+      lines += part(sections[name])
   return "\n".join(lines)
+
+
+def _digits_part(d: dict[str, Any]) -> list[str]:
+  """The digits table and its target."""
+  lines = [
+    "## Digits (examples/train_digits.py's CNN)",
+    "",
+    *_run_lines(d["rows"]),
+    "",
+    "| variant | state | lr | test accuracy per seed | mean | vs float32 "
+    "(points) | test loss (mean) | s per run |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in _ordered(d["rows"]):
+    if "skipped" in r:
+      lines.append(f"| {r['variant']} | {r['state']} | | not measured: "
+                   f"{r['skipped']} | | | | |")
+      continue
+    f32 = _find(d["rows"], variant=r["variant"], state="float32")
+    mean = _mean(r["test_accuracy"])
+    vs = f"{100 * (mean - _mean(f32['test_accuracy'])):+.2f}" if f32 else ""
+    lines.append(
+      f"| {r['variant']} | {r['state']}{_run(d['rows'], r)} | {r['lr']:g} | "
+      + " ".join(f"{100 * a:.2f}%" for a in r["test_accuracy"])
+      + f" | {100 * mean:.2f}% | {vs} | {_mean(r['test_loss']):.4f} | "
+      f"{_mean(r['seconds']):.0f} |"
+    )
+  lines.append("")
+  for t in digits_targets(d["rows"]):
+    lines.append(
+      f"- Target, {t['variant']}: 8bit-all within "
+      f"{DIGITS_ACCURACY_POINTS} points of float32 state (mean over >= 3 seeds): "
+      f"{t['diff_points']:+.2f} points over {t['seeds']} seeds, "
+      f"**{'MET' if t['met'] else 'MISSED'}**."
+    )
+  lines.append("")
+  return lines
+
+
+def _lm_part(m: dict[str, Any]) -> list[str]:
+  """The LM table and its target."""
+  lines = [
+    "## Character-level LM (examples/train_lm.py)",
+    "",
+    *_run_lines(m["rows"]),
+    "",
+    "| variant | state | peak lr | steps | final validation loss per seed | "
+    "vs float32 | final train loss | s per run |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in _ordered(m["rows"]):
+    if "skipped" in r:
+      lines.append(f"| {r['variant']} | {r['state']} | | | not measured: "
+                   f"{r['skipped']} | | | |")
+      continue
+    f32 = _find(m["rows"], variant=r["variant"], state="float32")
+    vs = ""
+    if f32:
+      mr, mf, k = _paired(r["val_loss"], f32["val_loss"])
+      vs = f"{100 * (mr / mf - 1):+.2f}%"
+      if k < len(f32["val_loss"]):
+        vs += f" (on seed{'s' if k > 1 else ''} {'0' if k == 1 else f'0-{k - 1}'})"
+    lines.append(
+      f"| {r['variant']} | {r['state']}{_run(m['rows'], r)} | {r['lr']:g} | "
+      f"{r['steps']} | "
+      + " ".join(f"{v:.4f}" for v in r["val_loss"])
+      + f" | {vs} | {_mean(r['train_loss']):.4f} | {_mean(r['seconds']):.0f} |"
+    )
+  lines.append("")
+  for t in lm_targets(m["rows"]):
+    lines.append(
+      f"- Target, {t['variant']}: 8bit-all's final validation loss within "
+      f"{100 * LM_RELATIVE:g}% of float32 state's (mean over the seeds): "
+      f"{100 * t['relative']:+.2f}% over {t['seeds']} seeds, "
+      f"**{'MET' if t['met'] else 'MISSED'}**."
+    )
+  lines.append("")
+  return lines
+
+
+def _trajectory_part(tr: dict[str, Any]) -> list[str]:
+  """The trajectory deviation table."""
+  lines = [
+    "## Trajectory deviation (noisy quadratic of tests/test_quantize.py)",
+    "",
+    *_run_lines(tr["rows"]),
+    "",
+    "Deviation after the last step, per coordinate: "
+    "`|x_lean - x_float32| / |x_float32 - x0|`, median and max over the 512.",
+    "",
+    "| configuration | state | median | max | finite |",
+    "|---|---|---|---|---|",
+  ]
+  for r in _ordered(tr["rows"]):
+    if "skipped" in r:
+      lines.append(f"| {r['config']} | {r['mode']} | not measured: "
+                   f"{r['skipped']} | | |")
+    else:
+      lines.append(f"| {r['config']} | {r['mode']}{_run(tr['rows'], r)} | "
+                   f"{r['median']:.2e} | "
+                   f"{r['max']:.2e} | {r['finite']} |")
+  lines.append("")
+  return lines
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str]:
