@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/accuracy_8bit.py (tiny scale; figures not checked)."""
+"""Smoke test of benchmarks/accuracy/ (tiny scale; figures not checked)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import sys
 
 import pytest
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def acc():
-  sys.path.insert(0, str(BENCHMARKS))
+  sys.path.insert(0, str(ROOT))
   try:
-    return importlib.import_module("accuracy_8bit")
+    return importlib.import_module("benchmarks.accuracy.run")
   finally:
-    sys.path.remove(str(BENCHMARKS))
+    sys.path.remove(str(ROOT))
 
 
 def test_every_section_runs_and_a_later_run_adds_rows(acc, tmp_path):

@@ -1,4 +1,4 @@
-"""Smoke test of the step benchmark (benchmarks/bench_step.py, bench_report.py).
+"""Smoke test of the step benchmark (benchmarks/step/: run.py, report.py).
 
 Runs the suite's "tiny" scale in-process on a subset that still reaches every
 section and every variant, renders RESULTS.md and the chart into tmp_path, and
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 SECTIONS = [
   "roofline",
   "tree:one_big_leaf",
@@ -41,21 +41,21 @@ BF16 = {"plain": 10, "centered": 14, "momentum": 14, "centered+momentum": 18}
 
 
 def _import(name: str):
-  sys.path.insert(0, str(BENCHMARKS))
+  sys.path.insert(0, str(ROOT))
   try:
     return importlib.import_module(name)
   finally:
-    sys.path.remove(str(BENCHMARKS))
+    sys.path.remove(str(ROOT))
 
 
 @pytest.fixture(scope="module")
 def bench():
-  return _import("bench_step")
+  return _import("benchmarks.step.run")
 
 
 @pytest.fixture(scope="module")
 def report():
-  return _import("bench_report")
+  return _import("benchmarks.step.report")
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def test_render_markdown_and_chart(report, results, tmp_path):
   markdown = report.render(results, command="pytest")
   (tmp_path / "RESULTS.md").write_text(markdown)
   assert "## Targets:" in markdown and "## Bandwidth roofline" in markdown
-  assert "## Train step" in markdown and "RESULTS_train_step.md" in markdown
+  assert "## Train step" in markdown and "train_step.md" in markdown
   for heading in ("Optimizer state memory", "Compile time", "Eager update"):
     assert f"## {heading}" in markdown
   assert results["machine"]["cpu"] in markdown
@@ -267,7 +267,7 @@ def test_render_markdown_and_chart(report, results, tmp_path):
 
 
 def test_command_line_subset(bench, report, tmp_path, capsys):
-  # `report` imported: main() imports bench_report by name, as a script would.
+  # `report` imported: main() imports it where a report is made.
   out = tmp_path / "RESULTS.md"
   bench.main(
     ["--scale", "tiny", "--sections", "roofline", "--variants", "plain"]
@@ -295,7 +295,8 @@ def test_failed_child_section_is_recorded(bench):
 
 def test_accelerator_samples_average_back_to_back_steps(bench):
   """On an accelerator a sample is m steps queued back to back, only the last
-  waited for (bench_step.default_min_sample_s); on the CPU, one waited step."""
+  waited for (benchmarks/step/run.py: default_min_sample_s); on the CPU, one
+  waited step."""
   calls: list[bool] = []
 
   def step(block=True):
@@ -333,9 +334,10 @@ def test_compile_reps_flag(bench, report, tmp_path):
 
 
 def test_gpu_kernels_counts_busy_time_as_the_union():
-  """gpu_kernels.py: busy = the union of the kernels' intervals (concurrent
-  kernels count once), per step; the top kernels by summed time."""
-  stats = _import("gpu_kernels").kernel_stats(
+  """benchmarks/studies/gpu_kernels.py: busy = the union of the kernels'
+  intervals (concurrent kernels count once), per step; the top kernels by
+  summed time."""
+  stats = _import("benchmarks.studies.gpu_kernels").kernel_stats(
     [("b", 5.0, 12.0), ("a", 0.0, 10.0), ("a", 20.0, 25.0), ("c", 21.0, 22.0)],
     steps=2,
   )

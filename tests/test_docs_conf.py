@@ -97,13 +97,13 @@ def test_copied_pages_keep_their_links(conf):
   their relative links must then point at the copies (or docs/'s pages)."""
   readme, bench = ROOT / "README.md", ROOT / "benchmarks" / "README.md"
   docs = ROOT / "docs"
-  text = "[a](docs/numerics.md) [b](benchmarks/RESULTS.md#run) [c](https://x.org/a.md)"
+  text = "[a](docs/numerics.md) [b](benchmarks/results/H200/step.md#run) [c](https://x.org/a.md)"
   assert conf._fix_links(text, readme, docs / "readme.md") == (
-    "[a](numerics.md) [b](benchmarks/RESULTS.md#run) [c](https://x.org/a.md)"
+    "[a](numerics.md) [b](benchmarks/results/H200/step.md#run) [c](https://x.org/a.md)"
   )
-  text = "[a](RESULTS_H200.md) [b](../docs/porting.md) [c](../README.md)"
+  text = "[a](results/H200/step.md) [b](../docs/porting.md) [c](../README.md)"
   assert conf._fix_links(text, bench, docs / "benchmarks" / "README.md") == (
-    "[a](RESULTS_H200.md) [b](../porting.md) [c](../readme.md)"
+    "[a](results/H200/step.md) [b](../porting.md) [c](../readme.md)"
   )
   # Not pages: a Markdown file becomes a download (myst's path:), another file
   # is linked by its path (myst makes it a download); a folder with a README
@@ -116,8 +116,10 @@ def test_copied_pages_keep_their_links(conf):
   # docs/'s own pages are rewritten in place (the source-read hook).
   numerics = docs / "numerics.md"
   text = (
-    "[a](../benchmarks/RESULTS.md#x) [b](porting.md) [c](../examples/quickstart.py)"
+    "[a](../benchmarks/results/H200/step.md#x) [b](porting.md) "
+    "[c](../examples/quickstart.py)"
   )
   assert conf._fix_links(text, numerics, numerics) == (
-    "[a](benchmarks/RESULTS.md#x) [b](porting.md) [c](../examples/quickstart.py)"
+    "[a](benchmarks/results/H200/step.md#x) [b](porting.md) "
+    "[c](../examples/quickstart.py)"
   )

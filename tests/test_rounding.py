@@ -710,14 +710,14 @@ def test_orbax_round_trip_then_identical_training(wrap, tmp_path):
 
 
 def test_least_squares_nearest_stalls_where_kahan_and_stochastic_do_not():
-  """A small version of benchmarks/bf16_params.py: weights in [1, 4),
+  """A small version of benchmarks/bf16_params/least_squares.py: weights in [1, 4),
   rmsprop(3e-4). Each RMSprop step is about the learning rate, below half a
   bfloat16 ulp at 1 (2^-8 = 3.9e-3) by a factor 13: round to nearest cannot
   move a weight at all, so its loss stays the initial one, exactly, while
   Kahan and stochastic rounding take the float32 run's path."""
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
   try:
-    run = importlib.import_module("bf16_params").run
+    run = importlib.import_module("benchmarks.bf16_params.least_squares").run
   finally:
     sys.path.pop(0)
   out = run(steps=400, seeds=(0,), dim=16)
@@ -756,15 +756,15 @@ def test_digits_example_trains_bfloat16_parameters_with_each_rounding(tmp_path):
 
 
 def test_bf16_params_lm_benchmark_runs_every_row(tmp_path):
-  """Smoke test of benchmarks/bf16_params_lm.py (a tiny LM, 3 steps, 2 seeds;
+  """Smoke test of benchmarks/bf16_params/lm.py (a tiny LM, 3 steps, 2 seeds;
   the figures are not checked): every row and seed is trained and written,
   and float32 parameters are the reference of the paired differences."""
-  benchmarks = str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks")
-  sys.path.insert(0, benchmarks)
+  root = str(pathlib.Path(__file__).resolve().parent.parent)
+  sys.path.insert(0, root)
   try:
-    bench = importlib.import_module("bf16_params_lm")  # puts examples/ on the path
+    bench = importlib.import_module("benchmarks.bf16_params.lm")  # adds examples/
   finally:
-    sys.path.remove(benchmarks)
+    sys.path.remove(root)
   out = tmp_path / "lm.md"
   bench.main(["--steps", "3", "--seeds", "2", "--tiny", "--out", str(out)])
   rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]

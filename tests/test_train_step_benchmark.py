@@ -150,9 +150,9 @@ def test_merge_of_separate_runs(ts, results):
 
 
 def test_cpu_scheduler_script_compiles_every_row_under_both_schedulers(tmp_path):
-  """benchmarks/cpu_scheduler.py on the quick MLP: one child process per
+  """benchmarks/studies/cpu_scheduler.py on the quick MLP: one child process per
   scheduler, every row measured, and the report says which target is met."""
-  cpu_scheduler = _import("benchmarks.cpu_scheduler")
+  cpu_scheduler = _import("benchmarks.studies.cpu_scheduler")
   results = cpu_scheduler.measure("quick", ["mlp_many_leaves"])
   assert list(results) == list(cpu_scheduler.SCHEDULERS)
   for per_model in results.values():

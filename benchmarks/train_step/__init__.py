@@ -1,8 +1,8 @@
 """Whole-train-step benchmark: step time and peak memory per optimizer.
 
-Run from the repository root: ``python -m benchmarks.train_step --out
-benchmarks/RESULTS_train_step.md`` (``--quick``: tiny models, one round).
-How it measures: benchmarks/README.md, "Train step".
+Run from the repository root: ``python -m benchmarks.train_step`` (writes
+benchmarks/results/<machine>/train_step.md; ``--quick``: tiny models, one
+round, printed). How it measures: docs/performance_findings.md, "Train step".
 
 Modules, one concern each: ``harness`` (interleaved timing, XLA's memory
 analysis, the device's peak), ``models`` (the Flax NNX models and scales),

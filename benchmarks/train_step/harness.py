@@ -1,7 +1,7 @@
 """Timing and memory measurement shared by every section.
 
 Timing: `interleave` runs every row in rounds, the order rotated each round,
-so background load lands on all rows alike (as benchmarks/bench_step.py
+so background load lands on all rows alike (as benchmarks/step/run.py
 does). Each row is rebuilt (fresh params and state) at the start of its turn
 in a round, so only one row's buffers are alive at a time: a 34M-parameter
 model's rows would not all fit in memory at once.
@@ -13,36 +13,20 @@ high-water mark where the backend keeps one (GPUs; None on the CPU).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
+from ..harness import frozen_heap
+
 # A row's turn: build fresh buffers, return a function that runs one step and
 # waits for it. Called once per round; its buffers die with the closure.
 Fresh = Callable[[], Callable[[], None]]
-
-
-@contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
-  """Python's collector skips every object alive on entry until exit
-  (`gc.freeze`), so a `gc.collect()` inside costs the objects made since, not
-  the process's whole heap. For blocks whose entry objects (modules, JAX's
-  caches, compiled steps) outlive them: a cycle among those that dies inside
-  is collected only after exit. In the test suite's process (1.4M objects)
-  each full collection took 1.1 s: 97 of the train-step smoke test's 128 s
-  before the timing loop ran frozen."""
-  gc.collect()
-  gc.freeze()
-  try:
-    yield
-  finally:
-    gc.unfreeze()
 
 
 def interleave(rows: dict[str, Fresh], rounds: int, samples: int) -> dict[str, Any]:
@@ -127,7 +111,7 @@ def has_device_peak() -> bool:
 
 def state_nbytes(state: Any) -> int:
   """Bytes of the non-scalar arrays of a state (or of its eval_shape
-  ShapeDtypeStructs); scalar step counters left out, as bench_step does."""
+  ShapeDtypeStructs); scalar step counters left out, as benchmarks/step does."""
   return sum(
     int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
     for x in jax.tree.leaves(state)

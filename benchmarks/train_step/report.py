@@ -1,9 +1,10 @@
-"""RESULTS_train_step.md from run.run_suite's results: targets, then tables."""
+"""train_step.md from run.run_suite's results: targets, then tables."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..harness import Target, machine_line, md_table, summary, target_table
 from .rows import sgd_for
 
 # Targets of issue 15, per parameter (B = bytes).
@@ -14,8 +15,6 @@ GPU_TIME_RATIO_MAX = 1.1  # 8-bit modes' step time / float32 state's, on a GPU
 
 CM = "c+m"
 SGD = "optax.sgd"
-
-Target = tuple[str, str, bool | None]
 
 
 def _ok(row: Any) -> bool:
@@ -161,31 +160,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
   return out
 
 
-def _status(met: bool | None) -> str:
-  return {True: "MET", False: "**MISSED**", None: "not measured"}[met]
-
-
-def counts(rows: list[Target]) -> str:
-  met = sum(r[2] is True for r in rows)
-  missed = sum(r[2] is False for r in rows)
-  text = f"{met} MET, {missed} MISSED"
-  if rest := len(rows) - met - missed:
-    text += f", {rest} not measured"
-  return text
-
-
 def target_summary(results: dict[str, Any]) -> str:
-  rows = targets(results)
-  lines = [f"targets: {counts(rows)}"]
-  lines += [f"  MISSED {name}: {meas}" for name, meas, met in rows if met is False]
-  return "\n".join(lines)
-
-
-def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
-  def line(cells: list[Any]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-  return [line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]
+  return summary(targets(results))
 
 
 COLUMNS = [
@@ -257,19 +233,13 @@ def render(results: dict[str, Any], command: str = "") -> str:
   m = results["machine"]
   minutes, seconds = divmod(round(results["runtime_s"]), 60)
   rows = targets(results)
-  where = (
-    f"JAX on the CPU ({m['cpu']}, {m['cores']} cores)"
-    if m["platform"] == "cpu"
-    else f"JAX on {m['device']} (`{m['platform']}`); host {m['cpu']}, "
-    f"{m['cores']} cores"
-  )
   out = [
     "# optax_rms train-step benchmark",
     "",
     f"Written by `{command or 'run_suite'}` (scale `{results['scale']}`, {minutes} "
-    f'min {seconds} s). How it measures: benchmarks/README.md, "Train step".',
+    f'min {seconds} s). How it measures: docs/performance_findings.md, "Train step".',
     "",
-    f"- Machine: {where}",
+    f"- Machine: {machine_line(m)}",
     f"- Versions: Python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, "
     f"optax {m['optax']}, flax {m['flax']}, optax_rms {m['optax_rms']}",
     f"- Date: {m['date']}; 1-minute load average {results['load_start']} at the "
@@ -293,10 +263,7 @@ def render(results: dict[str, Any], command: str = "") -> str:
       f"Scale `{results['scale']}`: tiny models, for the smoke test; the figures "
       "say nothing about the targets.",
     ]
-  out += ["", f"## Targets: {counts(rows)}", ""]
-  out += _md_table(
-    ["target", "measured", "status"], [[t, x, _status(s)] for t, x, s in rows]
-  )
+  out += ["", *target_table(rows)]
   out += [
     "",
     "## Columns",
@@ -335,7 +302,7 @@ def render(results: dict[str, Any], command: str = "") -> str:
         table["description"] + ".",
         "",
       ]
-      out += _md_table(COLUMNS, table_rows(table))
+      out += md_table(COLUMNS, table_rows(table))
       failed = {k: v["error"] for k, v in table["rows"].items() if not _ok(v)}
       if failed:
         out += [""] + [f"- failed: `{k}`: {e}" for k, e in failed.items()]

@@ -1,60 +1,19 @@
-"""Command line: run the sections, write RESULTS_train_step.md (and JSON)."""
+"""Command line: run the sections, write train_step.md (and JSON)."""
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
 import sys
 import time
 from typing import Any
 
-import jax
-import jaxlib
-import optax
-
-import optax_rms
-
+from ..harness import load, machine_info, results_path
 from . import harness, report, rows
 from .models import scales
 from .sections import SECTIONS
 from .sections._common import child_probe, device_peak_here, measure
-
-
-def _load() -> str:
-  try:
-    return pathlib.Path("/proc/loadavg").read_text().split(" ")[0]
-  except OSError:
-    return "?"
-
-
-def machine_info() -> dict[str, Any]:
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  import flax
-
-  return {
-    "cpu": cpu,
-    "cores": os.cpu_count(),
-    "platform": jax.devices()[0].platform,
-    "device": jax.devices()[0].device_kind,
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "jaxlib": jaxlib.__version__,
-    "optax": optax.__version__,
-    "flax": flax.__version__,
-    "optax_rms": getattr(optax_rms, "__version__", "?"),
-    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-  }
 
 
 def run_suite(
@@ -82,7 +41,7 @@ def run_suite(
     "rounds": rounds or scale.rounds,
     "samples": scale.samples,
     "machine": machine_info(),
-    "load_start": _load(),
+    "load_start": load(),
     "sections": {},
   }
   for section in sections or list(SECTIONS):
@@ -97,9 +56,9 @@ def run_suite(
         setup, ok, absent, rounds or scale.rounds, scale.samples, probe, log
       )
       del setup
-      log(f"  {section}:{table} {time.perf_counter() - t0:.0f} s, load {_load()}")
+      log(f"  {section}:{table} {time.perf_counter() - t0:.0f} s, load {load()}")
     results["sections"][section] = done
-  results["load_end"] = _load()
+  results["load_end"] = load()
   results["runtime_s"] = time.perf_counter() - t_start
   return results
 
@@ -118,7 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     description="Whole-train-step benchmark: time and peak memory per optimizer.",
   )
   parser.add_argument("--quick", action="store_true", help="tiny models, 1 round")
-  parser.add_argument("--out", help="write the Markdown report here")
+  parser.add_argument(
+    "--out",
+    help="write the Markdown report here (default: "
+    "benchmarks/results/<machine>/train_step.md for the full run; --quick prints it)",
+  )
   parser.add_argument("--json", help="also write the raw measurements here")
   parser.add_argument("--sections", help="comma-separated: " + ",".join(SECTIONS))
   parser.add_argument("--rounds", type=int, help="timing rounds (full: 2)")
@@ -184,9 +147,12 @@ def _write(results: dict[str, Any], args: argparse.Namespace, cmd: str) -> None:
   markdown = report.render(results, command=cmd)
   if args.json and not args.render:
     pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
-  if args.out:
-    pathlib.Path(args.out).write_text(markdown)
-    print(f"wrote {args.out} ({results['runtime_s']:.0f} s)")
+  out = args.out
+  if out is None and results["scale"] == "full":
+    out = results_path(results["machine"], "train_step.md")
+  if out:
+    pathlib.Path(out).write_text(markdown)
+    print(f"wrote {out} ({results['runtime_s']:.0f} s)")
   else:
     print(markdown)
   print(report.target_summary(results))

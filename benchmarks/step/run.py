@@ -1,12 +1,14 @@
 """Step-time benchmark: optax_rms.rmsprop vs optax.rmsprop vs torch.optim.RMSprop.
 
-Run (the full suite takes several minutes; --quick about two on 2 busy cores):
+Run from the repository root (the full suite takes several minutes; --quick
+about two on 2 busy cores):
 
-  python benchmarks/bench_step.py [--quick] [--out benchmarks/RESULTS.md]
+  python -m benchmarks.step [--quick] [--out FILE]
 
-With --out it writes the Markdown report there and the chart beside it
-(results.png, when matplotlib is installed). --sections and --variants run a
-subset. benchmarks/README.md says what is measured, how, and why.
+It writes the Markdown report (default: benchmarks/results/<machine>/step.md,
+--quick: printed) and the chart beside it (step.png, when matplotlib is
+installed). --sections and --variants run a subset.
+docs/performance_findings.md says what is measured, how, and why.
 
 Sections (the full run gives each its own process; --quick runs in-process):
   roofline   STREAM-style copy and triad on a large float32 array (start and end)
@@ -22,13 +24,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import json
 import math
-import os
 import pathlib
-import platform
 import re
 import statistics
 import subprocess
@@ -41,12 +40,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 import optax
-from train_step.harness import frozen_heap  # benchmarks/ is on the path
 
 import optax_rms
+
+from .. import harness
+from ..harness import frozen_heap
 
 try:
   import torch
@@ -189,7 +189,7 @@ def resnet50_shapes(
   conv_layout: "OIHW", PyTorch's conv weight (out, in, kh, kw); "HWIO", Flax's
   (nnx.Conv and linen.Conv kernels are (kh, kw, in, out)). The same elements:
   the optimizers' math does not care, but XLA:CPU's loops do (the minor
-  dimensions 3x3 and 1x1 of OIHW vectorize poorly; benchmarks/README.md).
+  dimensions 3x3 and 1x1 of OIHW vectorize poorly; docs/performance_findings.md).
   """
   if conv_layout not in ("OIHW", "HWIO"):
     raise ValueError(f"conv_layout must be 'OIHW' or 'HWIO', got {conv_layout!r}")
@@ -980,44 +980,12 @@ def _section(name: str, scale: Scale, variants: list[str]) -> Any:
 COMPILE_VARIANTS = ("plain", "centered+momentum")
 
 
-def _load() -> str:
-  try:
-    return pathlib.Path("/proc/loadavg").read_text().split(" ")[0]
-  except OSError:
-    return "?"
-
-
 def machine_info() -> dict[str, Any]:
-  cpu, mem = platform.processor() or platform.machine(), "?"
-  try:
-    info = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-    fields = dict(line.split(":", 1) for line in info if ":" in line and line.strip())
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    cpu = (
-      f"{fields.get('model name', cpu)} (family {fields.get('cpu family', '?')}, "
-      f"model {fields.get('model', '?')})"
-    )
-    meminfo = pathlib.Path("/proc/meminfo").read_text().splitlines()
-    kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
-    mem = f"{kib / 2**20:.1f} GiB"
-  except (OSError, StopIteration, ValueError):
-    pass
-  return {
-    "cpu": cpu,
-    "cores": os.cpu_count(),
-    "memory": mem,
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "jaxlib": jaxlib.__version__,
-    "optax": optax.__version__,
+  """harness.machine_info() and where the torch rows run."""
+  return harness.machine_info() | {
     "torch": torch.__version__ if torch is not None else "not installed",
     "torch_threads": torch.get_num_threads() if torch is not None else None,
     "torch_device": torch_device()[1],
-    "numpy": np.__version__,
-    "platform": jax.devices()[0].platform,
-    "device": jax.devices()[0].device_kind,
-    "device_count": jax.device_count(),
-    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
   }
 
 
@@ -1054,7 +1022,7 @@ def run_suite(
     "machine": _run_child("machine", scale_name, variants)
     if isolate
     else machine_info(),
-    "load_start": _load(),
+    "load_start": harness.load(),
     "sections": {},
   }
   for name in plan:
@@ -1067,8 +1035,8 @@ def run_suite(
       results["sections"]["roofline_end"] = data
     else:
       results["sections"][name] = data
-    log(f"  {name:24s} {time.perf_counter() - t0:6.1f} s   load {_load()}")
-    results["load_end"] = _load()
+    log(f"  {name:24s} {time.perf_counter() - t0:6.1f} s   load {harness.load()}")
+    results["load_end"] = harness.load()
     results["runtime_s"] = time.perf_counter() - t_start
     if after_section is not None:
       after_section(results)
@@ -1081,11 +1049,12 @@ def _run_child(
   """run_section in a new process; {"error": ...} if that process fails."""
   with tempfile.TemporaryDirectory() as tmp:
     path = pathlib.Path(tmp) / "out.json"
-    cmd = [sys.executable, __file__, "--child", name, "--scale", scale_name]
+    cmd = [sys.executable, "-m", "benchmarks.step", "--child", name]
+    cmd += ["--scale", scale_name]
     cmd += ["--variants", ",".join(variants), "--child-out", str(path)]
     if compile_reps is not None:
       cmd += ["--compile-reps", str(compile_reps)]
-    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, cwd=harness.ROOT)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0 or not path.exists():
       tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
@@ -1096,10 +1065,16 @@ def _run_child(
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.step", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("--quick", action="store_true", help="small trees, ~2 min")
-  parser.add_argument("--out", help="write the Markdown report here (and the PNG)")
-  parser.add_argument("--png", help="chart path (default: results.png beside --out)")
+  parser.add_argument(
+    "--out",
+    help="write the Markdown report here, and the chart beside it (default: "
+    "benchmarks/results/<machine>/step.md for the full run; --quick prints it)",
+  )
+  parser.add_argument("--png", help="chart path (default: --out with .png)")
   parser.add_argument("--json", help="also write the raw measurements here")
   parser.add_argument(
     "--isolate",
@@ -1139,14 +1114,14 @@ def main(argv: list[str] | None = None) -> None:
     pathlib.Path(args.child_out).write_text(json.dumps(data))
     return
 
-  import bench_report  # beside this file (on sys.path when run as a script)
+  from . import report  # matplotlib, for the chart, only where a report is made
 
   for path in (args.out, args.png, args.json):  # fail now, not after the run
     if path:
       pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   isolate = args.isolate if args.isolate is not None else scale_name == "full"
   print(
-    f"bench_step: scale={scale_name}, isolate={isolate}, "
+    f"benchmarks.step: scale={scale_name}, isolate={isolate}, "
     f"{len(sections or section_names())} sections, variants {','.join(variants)}"
   )
 
@@ -1163,29 +1138,28 @@ def main(argv: list[str] | None = None) -> None:
     after_section=save,
   )
   print(f"total {results['runtime_s']:.0f} s")
-  markdown = bench_report.render(results, command=_command(args))
-  if args.out:
-    out = pathlib.Path(args.out)
+  markdown = report.render(results, command=_command(args))
+  out = args.out
+  if out is None and scale_name == "full":
+    out = harness.results_path(results["machine"], "step.md")
+  if out:
+    out = pathlib.Path(out)
     out.write_text(markdown)
-    png = pathlib.Path(args.png) if args.png else out.with_name("results.png")
-    if bench_report.chart(results, png):
+    png = pathlib.Path(args.png) if args.png else out.with_suffix(".png")
+    if report.chart(results, png):
       print(f"wrote {out} and {png}")
     else:
       print(f"wrote {out} (no chart: matplotlib is not installed)")
   else:
     print(markdown)
-  print(bench_report.target_summary(results))
+  print(report.target_summary(results))
 
 
 def _command(args: argparse.Namespace) -> str:
-  cmd = "python benchmarks/bench_step.py"
+  cmd = "python -m benchmarks.step"
   if args.quick:
     cmd += " --quick"
   for flag in ("sections", "variants", "compile_reps", "out"):
     if getattr(args, flag):
       cmd += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
   return cmd
-
-
-if __name__ == "__main__":
-  main()

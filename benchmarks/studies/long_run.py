@@ -1,6 +1,9 @@
 """100k RMSprop steps on a small noisy problem in float32: no drift, no NaN.
 
-Run: python benchmarks/long_run.py [--steps 100000]
+Question: does a long float32 run drift, or nu leave its range? (No: the
+figures are in docs/numerics.md, "The long run".)
+
+Run: python -m benchmarks.studies.long_run [--steps 100000]
 
 A noisy quadratic f(x) = 0.5 * sum(a * (x - x_star)^2), curvatures a spread
 over 1e-2..1e2, gradient noise of standard deviation 0.1, a cosine-decayed
@@ -85,7 +88,9 @@ def run(kw, steps, dim=256, chunk=10_000):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.studies.long_run", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("--steps", type=int, default=100_000)
   args = parser.parse_args()
   print(

@@ -3,9 +3,9 @@
 Final validation loss of float32 parameters against bfloat16 parameters
 with round-to-nearest, `optax_rms.kahan_summation` and
 `optax_rms.stochastic_rounding` (issue 16), same initialisation, batches and
-schedule. Writes benchmarks/RESULTS_bf16_params_lm.md.
+schedule. Writes benchmarks/results/<machine>/bf16_params_lm.md.
 
-  python benchmarks/bf16_params_lm.py [--steps 300] [--variant plain] [--seeds 3]
+  python -m benchmarks.bf16_params.lm [--steps 300] [--variant plain] [--seeds 3]
 
 Each seed trains every row from the same initialisation and batches; the
 table gives each row's loss per seed, its mean, and the mean of its paired
@@ -19,7 +19,9 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "examples"))
+
+from ..harness import machine_info, results_path  # noqa: E402
 
 ROWS = (
   ("float32 parameters", "float32", "nearest"),
@@ -30,11 +32,15 @@ ROWS = (
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.bf16_params.lm", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--variant", default="plain")
   parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-  parser.add_argument("--out", default="benchmarks/RESULTS_bf16_params_lm.md")
+  parser.add_argument(
+    "--out", help="default: benchmarks/results/<machine>/bf16_params_lm.md"
+  )
   parser.add_argument("--tiny", action="store_true", help="a tiny LM (smoke test)")
   args = parser.parse_args(argv)
 
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
   lines = [
     "# The LM with bfloat16 parameters: nearest, Kahan, stochastic rounding",
     "",
-    f"Measured {datetime.date.today()} by `benchmarks/bf16_params_lm.py "
+    f"Measured {datetime.date.today()} by `python -m benchmarks.bf16_params.lm "
     f"--steps {args.steps} --variant {args.variant} --seeds {args.seeds}"
     f"{' --tiny' if args.tiny else ''}` (jax {jax.__version__}, "
     f"{platform.machine()} CPU): examples/train_lm.py's "
@@ -86,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
       f"| {label} | {per_seed} | {mean:.4f} | {rel:+.2%} "
       f"({min(diffs):+.2%} to {max(diffs):+.2%}) |"
     )
-  pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
+  out = args.out or results_path(machine_info(), "bf16_params_lm.md")
+  pathlib.Path(out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Accuracy of the lean optimizer states against float32 state (issue 15, item 4).
 
-Run: python benchmarks/accuracy_8bit.py                    # every section
-     python benchmarks/accuracy_8bit.py --sections lm      # one at a time
+Run: python -m benchmarks.accuracy                    # every section
+     python -m benchmarks.accuracy --sections lm      # one at a time
 
 Three sections, each training the same model from the same initialisation on
 the same batches with every way of storing RMSprop's buffers
@@ -24,8 +24,8 @@ the same batches with every way of storing RMSprop's buffers
 ``mu_quantization``, ``momentum_quantization``); where the installed
 optax_rms lacks a keyword the row is recorded as not measured, with the
 reason. Each run of a section replaces that section in ``--json`` (default
-benchmarks/accuracy_8bit.json) and ``--out`` (RESULTS_accuracy.md) is
-rendered from every section recorded there, so sections can be run
+benchmarks/results/<machine>/accuracy.json) and ``--out`` (accuracy.md beside
+it) is rendered from every section recorded there, so sections can be run
 separately. A whole run takes ~15 minutes on an idle 2-core CPU.
 """
 
@@ -42,7 +42,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from ..harness import machine_info, results_path
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SECTIONS = ("digits", "lm", "trajectory")
 DIGITS_ACCURACY_POINTS = 0.5  # target: |8bit-all - float32| mean test accuracy
@@ -348,11 +350,11 @@ def _run(rows: list[dict[str, Any]], row: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, Any]) -> str:
-  """RESULTS_accuracy.md from the recorded sections."""
+  """accuracy.md from the recorded sections."""
   lines = [
     "# Accuracy of the lean optimizer states",
     "",
-    "Written by `benchmarks/accuracy_8bit.py` (see its docstring for what each",
+    "Written by `python -m benchmarks.accuracy` (see its docstring for what each",
     "section trains); do not edit by hand. Same initialisation and batches in",
     "every row of a table: only the storage of RMSprop's buffers differs.",
     "`8bit-all` stores every buffer the variant has in 8 bits",
@@ -363,101 +365,114 @@ def render(results: dict[str, Any]) -> str:
     "",
   ]
   sections = results.get("sections", {})
-  d = sections.get("digits")
-  if d:
-    lines += [
-      "## Digits (examples/train_digits.py's CNN)",
-      "",
-      *_run_lines(d["rows"]),
-      "",
-      "| variant | state | lr | test accuracy per seed | mean | vs float32 "
-      "(points) | test loss (mean) | s per run |",
-      "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in _ordered(d["rows"]):
-      if "skipped" in r:
-        lines.append(f"| {r['variant']} | {r['state']} | | not measured: "
-                     f"{r['skipped']} | | | | |")
-        continue
-      f32 = _find(d["rows"], variant=r["variant"], state="float32")
-      mean = _mean(r["test_accuracy"])
-      vs = f"{100 * (mean - _mean(f32['test_accuracy'])):+.2f}" if f32 else ""
-      lines.append(
-        f"| {r['variant']} | {r['state']}{_run(d['rows'], r)} | {r['lr']:g} | "
-        + " ".join(f"{100 * a:.2f}%" for a in r["test_accuracy"])
-        + f" | {100 * mean:.2f}% | {vs} | {_mean(r['test_loss']):.4f} | "
-        f"{_mean(r['seconds']):.0f} |"
-      )
-    lines.append("")
-    for t in digits_targets(d["rows"]):
-      lines.append(
-        f"- Target, {t['variant']}: 8bit-all within "
-        f"{DIGITS_ACCURACY_POINTS} points of float32 state (mean over >= 3 seeds): "
-        f"{t['diff_points']:+.2f} points over {t['seeds']} seeds, "
-        f"**{'MET' if t['met'] else 'MISSED'}**."
-      )
-    lines.append("")
-  m = sections.get("lm")
-  if m:
-    lines += [
-      "## Character-level LM (examples/train_lm.py)",
-      "",
-      *_run_lines(m["rows"]),
-      "",
-      "| variant | state | peak lr | steps | final validation loss per seed | "
-      "vs float32 | final train loss | s per run |",
-      "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in _ordered(m["rows"]):
-      if "skipped" in r:
-        lines.append(f"| {r['variant']} | {r['state']} | | | not measured: "
-                     f"{r['skipped']} | | | |")
-        continue
-      f32 = _find(m["rows"], variant=r["variant"], state="float32")
-      vs = ""
-      if f32:
-        mr, mf, k = _paired(r["val_loss"], f32["val_loss"])
-        vs = f"{100 * (mr / mf - 1):+.2f}%"
-        if k < len(f32["val_loss"]):
-          vs += f" (on seed{'s' if k > 1 else ''} {'0' if k == 1 else f'0-{k - 1}'})"
-      lines.append(
-        f"| {r['variant']} | {r['state']}{_run(m['rows'], r)} | {r['lr']:g} | "
-        f"{r['steps']} | "
-        + " ".join(f"{v:.4f}" for v in r["val_loss"])
-        + f" | {vs} | {_mean(r['train_loss']):.4f} | {_mean(r['seconds']):.0f} |"
-      )
-    lines.append("")
-    for t in lm_targets(m["rows"]):
-      lines.append(
-        f"- Target, {t['variant']}: 8bit-all's final validation loss within "
-        f"{100 * LM_RELATIVE:g}% of float32 state's (mean over the seeds): "
-        f"{100 * t['relative']:+.2f}% over {t['seeds']} seeds, "
-        f"**{'MET' if t['met'] else 'MISSED'}**."
-      )
-    lines.append("")
-  tr = sections.get("trajectory")
-  if tr:
-    lines += [
-      "## Trajectory deviation (noisy quadratic of tests/test_quantize.py)",
-      "",
-      *_run_lines(tr["rows"]),
-      "",
-      "Deviation after the last step, per coordinate: "
-      "`|x_lean - x_float32| / |x_float32 - x0|`, median and max over the 512.",
-      "",
-      "| configuration | state | median | max | finite |",
-      "|---|---|---|---|---|",
-    ]
-    for r in _ordered(tr["rows"]):
-      if "skipped" in r:
-        lines.append(f"| {r['config']} | {r['mode']} | not measured: "
-                     f"{r['skipped']} | | |")
-      else:
-        lines.append(f"| {r['config']} | {r['mode']}{_run(tr['rows'], r)} | "
-                     f"{r['median']:.2e} | "
-                     f"{r['max']:.2e} | {r['finite']} |")
-    lines.append("")
+  parts = {"digits": _digits_part, "lm": _lm_part, "trajectory": _trajectory_part}
+  for name, part in parts.items():
+    if sections.get(name):
+      lines += part(sections[name])
   return "\n".join(lines)
+
+
+def _digits_part(d: dict[str, Any]) -> list[str]:
+  """The digits table and its target."""
+  lines = [
+    "## Digits (examples/train_digits.py's CNN)",
+    "",
+    *_run_lines(d["rows"]),
+    "",
+    "| variant | state | lr | test accuracy per seed | mean | vs float32 "
+    "(points) | test loss (mean) | s per run |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in _ordered(d["rows"]):
+    if "skipped" in r:
+      lines.append(f"| {r['variant']} | {r['state']} | | not measured: "
+                   f"{r['skipped']} | | | | |")
+      continue
+    f32 = _find(d["rows"], variant=r["variant"], state="float32")
+    mean = _mean(r["test_accuracy"])
+    vs = f"{100 * (mean - _mean(f32['test_accuracy'])):+.2f}" if f32 else ""
+    lines.append(
+      f"| {r['variant']} | {r['state']}{_run(d['rows'], r)} | {r['lr']:g} | "
+      + " ".join(f"{100 * a:.2f}%" for a in r["test_accuracy"])
+      + f" | {100 * mean:.2f}% | {vs} | {_mean(r['test_loss']):.4f} | "
+      f"{_mean(r['seconds']):.0f} |"
+    )
+  lines.append("")
+  for t in digits_targets(d["rows"]):
+    lines.append(
+      f"- Target, {t['variant']}: 8bit-all within "
+      f"{DIGITS_ACCURACY_POINTS} points of float32 state (mean over >= 3 seeds): "
+      f"{t['diff_points']:+.2f} points over {t['seeds']} seeds, "
+      f"**{'MET' if t['met'] else 'MISSED'}**."
+    )
+  lines.append("")
+  return lines
+
+
+def _lm_part(m: dict[str, Any]) -> list[str]:
+  """The LM table and its target."""
+  lines = [
+    "## Character-level LM (examples/train_lm.py)",
+    "",
+    *_run_lines(m["rows"]),
+    "",
+    "| variant | state | peak lr | steps | final validation loss per seed | "
+    "vs float32 | final train loss | s per run |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in _ordered(m["rows"]):
+    if "skipped" in r:
+      lines.append(f"| {r['variant']} | {r['state']} | | | not measured: "
+                   f"{r['skipped']} | | | |")
+      continue
+    f32 = _find(m["rows"], variant=r["variant"], state="float32")
+    vs = ""
+    if f32:
+      mr, mf, k = _paired(r["val_loss"], f32["val_loss"])
+      vs = f"{100 * (mr / mf - 1):+.2f}%"
+      if k < len(f32["val_loss"]):
+        vs += f" (on seed{'s' if k > 1 else ''} {'0' if k == 1 else f'0-{k - 1}'})"
+    lines.append(
+      f"| {r['variant']} | {r['state']}{_run(m['rows'], r)} | {r['lr']:g} | "
+      f"{r['steps']} | "
+      + " ".join(f"{v:.4f}" for v in r["val_loss"])
+      + f" | {vs} | {_mean(r['train_loss']):.4f} | {_mean(r['seconds']):.0f} |"
+    )
+  lines.append("")
+  for t in lm_targets(m["rows"]):
+    lines.append(
+      f"- Target, {t['variant']}: 8bit-all's final validation loss within "
+      f"{100 * LM_RELATIVE:g}% of float32 state's (mean over the seeds): "
+      f"{100 * t['relative']:+.2f}% over {t['seeds']} seeds, "
+      f"**{'MET' if t['met'] else 'MISSED'}**."
+    )
+  lines.append("")
+  return lines
+
+
+def _trajectory_part(tr: dict[str, Any]) -> list[str]:
+  """The trajectory deviation table."""
+  lines = [
+    "## Trajectory deviation (noisy quadratic of tests/test_quantize.py)",
+    "",
+    *_run_lines(tr["rows"]),
+    "",
+    "Deviation after the last step, per coordinate: "
+    "`|x_lean - x_float32| / |x_float32 - x0|`, median and max over the 512.",
+    "",
+    "| configuration | state | median | max | finite |",
+    "|---|---|---|---|---|",
+  ]
+  for r in _ordered(tr["rows"]):
+    if "skipped" in r:
+      lines.append(f"| {r['config']} | {r['mode']} | not measured: "
+                   f"{r['skipped']} | | |")
+    else:
+      lines.append(f"| {r['config']} | {r['mode']}{_run(tr['rows'], r)} | "
+                   f"{r['median']:.2e} | "
+                   f"{r['max']:.2e} | {r['finite']} |")
+  lines.append("")
+  return lines
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str]:
@@ -505,7 +520,9 @@ def _meta(extra: str, started: datetime.datetime, commit: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS)
   parser.add_argument("--seeds", type=int, default=3, help="digits seeds")
   parser.add_argument("--lm-seeds", type=int, default=1)
@@ -523,12 +540,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     "--states", nargs="+", default=["float32", "bfloat16", "8bit-nu", "8bit-all"]
   )
   parser.add_argument(
-    "--json", type=pathlib.Path, default=ROOT / "benchmarks" / "accuracy_8bit.json"
+    "--json",
+    type=pathlib.Path,
+    help="the recorded rows (default: benchmarks/results/<machine>/accuracy.json)",
   )
   parser.add_argument(
-    "--out", type=pathlib.Path, default=ROOT / "benchmarks" / "RESULTS_accuracy.md"
+    "--out", type=pathlib.Path, help="the report (default: accuracy.md beside it)"
   )
   args = parser.parse_args(argv)
+  if args.json is None:
+    args.json = results_path(machine_info(), "accuracy.json")
+  if args.out is None:
+    args.out = args.json.with_suffix(".md")
 
   commit = _commit()  # when the code is imported, not when a row is written
   for section in args.sections:
@@ -576,7 +599,3 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       save(run_trajectory(args.trajectory_steps), f"{args.trajectory_steps} steps.")
   print(f"wrote {args.out} and {args.json}")
   return read(args.json)
-
-
-if __name__ == "__main__":
-  main()

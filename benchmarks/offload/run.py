@@ -20,10 +20,11 @@ it) is that mode's alone. Reported:
   steps, to see whether the copies overlap the backward pass.
 
 On the CPU "host" and "device" memory are the same RAM: the figures show the
-mechanics only. Run it on a GPU for the real cost::
+mechanics only. Run it on a GPU for the real cost (from the repository root;
+the report goes to benchmarks/results/<machine>/offload.md)::
 
-    python benchmarks/offload.py --output benchmarks/RESULTS_offload.md
-    python benchmarks/offload.py --layers 2 --d-model 1024 --tokens 2048 \\
+    python -m benchmarks.offload
+    python -m benchmarks.offload --layers 2 --d-model 1024 --tokens 2048 \\
       --profile /tmp/offload_trace
 """
 
@@ -46,6 +47,8 @@ import optax
 from jax.sharding import SingleDeviceSharding
 
 import optax_rms
+
+from ..harness import ROOT, machine_info, results_path
 
 HOST = "pinned_host"
 
@@ -202,7 +205,7 @@ def render(device: dict[str, Any], offload: dict[str, Any], args: Any) -> str:
     "",
     f"Backend {dev0.platform} ({dev0.device_kind}), jax {jax.__version__}, "
     f"{platform.machine()}, {os.cpu_count()} CPUs visible.",
-    f"Command: `python benchmarks/offload.py {' '.join(sys.argv[1:])}`",
+    f"Command: `python -m benchmarks.offload {' '.join(sys.argv[1:])}`",
     "",
     f"LM-shaped tree: {args.layers} layers, d_model {args.d_model}, vocab "
     f"{args.vocab}: {device['n_params'] / 1e6:.1f}M float32 parameters; "
@@ -271,7 +274,9 @@ def render(device: dict[str, Any], offload: dict[str, Any], args: Any) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.offload", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--d-model", type=int, default=1024)
   parser.add_argument("--vocab", type=int, default=256)
@@ -280,7 +285,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--bandwidth-reps", type=int, default=10)
   parser.add_argument("--profile", default=None, help="trace directory")
-  parser.add_argument("--output", default=None, help="write the markdown here")
+  parser.add_argument(
+    "--out",
+    "--output",
+    dest="output",
+    help="write the markdown here (default: benchmarks/results/<machine>/offload.md)",
+  )
   parser.add_argument("--mode", choices=("device", "offload"), default=None)
   return parser.parse_args(argv)
 
@@ -294,19 +304,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
   results = {}
   for mode in ("device", "offload"):
     out = subprocess.run(
-      [sys.executable, __file__, *argv, f"--mode={mode}"],
+      [sys.executable, "-m", "benchmarks.offload", *argv, f"--mode={mode}"],
       check=True,
+      cwd=ROOT,
       capture_output=True,
       text=True,
     )
     results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
   text = render(results["device"], results["offload"], args)
   print(text)
-  if args.output:
-    with open(args.output, "w") as f:
-      f.write(text)
+  path = args.output or results_path(machine_info(), "offload.md")
+  with open(path, "w") as f:
+    f.write(text)
   return results
-
-
-if __name__ == "__main__":
-  main()

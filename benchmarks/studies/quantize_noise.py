@@ -1,12 +1,15 @@
 """Noise and bias of the 8-bit state, measured against float32 state.
 
+Question: how noisy and how biased is a step with every buffer in 8 bits?
+(docs/numerics.md's table of the 8-bit state cites the answer.)
+
 Feeds the same gradients (unit-variance normal, so each nu settles at 1) to
 rmsprop with float32 and with 8-bit buffers for 600 steps, and reports over
 the last 300 steps and 65536 elements: the relative spread (std) and mean
 error of the stored nu, mu and momentum against the float32 ones, and of the
-step size. Writes benchmarks/RESULTS_quantize_noise.md.
+step size. Writes benchmarks/results/<machine>/quantize_noise.md.
 
-  python benchmarks/quantize_noise.py
+  python -m benchmarks.studies.quantize_noise
 """
 
 import argparse
@@ -19,6 +22,8 @@ import numpy as np
 
 import optax_rms
 from optax_rms import _quantize
+
+from ..harness import machine_info, results_path
 
 ALL_8BIT = dict(
   nu_quantization="8bit", mu_quantization="8bit", momentum_quantization="8bit"
@@ -58,13 +63,19 @@ def measure(decay, steps=600, n=65536):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="benchmarks/RESULTS_quantize_noise.md")
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.studies.quantize_noise",
+    description=__doc__.splitlines()[0],
+  )
+  parser.add_argument(
+    "--out", help="default: benchmarks/results/<machine>/quantize_noise.md"
+  )
   args = parser.parse_args()
   lines = [
     "# 8-bit state: noise and bias against float32 state",
     "",
-    f"Measured {datetime.date.today()} by `benchmarks/quantize_noise.py` "
+    f"Measured {datetime.date.today()} by "
+    "`python -m benchmarks.studies.quantize_noise` "
     f"(jax {jax.__version__}, {platform.machine()} CPU): centered + momentum "
     "0.9, every buffer 8-bit, gradients 1 + N(0, 1) (nu settles at 2, mu at 1: "
     "variance 1; centered 8-bit nu holds the variance, compared with nu - mu^2), "
@@ -80,7 +91,8 @@ def main():
     for k, (mean, std) in measure(decay).items():
       lines.append(f"| {decay} | {k} | {mean:+.2e} | {std:.3f} |")
       print(lines[-1], flush=True)
-  with open(args.out, "w") as f:
+  out = args.out or results_path(machine_info(), "quantize_noise.md")
+  with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")
 
 

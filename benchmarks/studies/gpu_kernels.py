@@ -1,6 +1,10 @@
 """Kernel-level profile of one optimizer step on a GPU: kernels, busy time, gaps.
 
-bench_step.py times whole steps. Where a step on a GPU is far from the memory
+Question: why is a step on a GPU far from the memory roofline on trees of
+many leaves? (H200: the host's cost per array, not the kernels;
+docs/performance_findings.md, "GPUs".)
+
+benchmarks/step times whole steps. Where a step on a GPU is far from the memory
 roofline (ResNet-50: ~25M params in 161 leaves), this script says where the
 time goes: for ours, pack_small(ours), optax and torch's foreach RMSprop it
 records every CUDA kernel that n steps launch, with torch.profiler (CUPTI
@@ -10,7 +14,8 @@ time of the steps queued back to back (timed apart, without the profiler), and
 the three kernels that take the most time. wall >> busy means the step waits
 on launches, not on memory.
 
-  python benchmarks/gpu_kernels.py --tree resnet50_like --variants plain,momentum
+  python -m benchmarks.studies.gpu_kernels --tree resnet50_like \
+    --variants plain,momentum
 """
 
 from __future__ import annotations
@@ -26,8 +31,7 @@ import optax
 
 import optax_rms
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import bench_step  # noqa: E402  (beside this file)
+from ..step import run as step
 
 
 def kernel_stats(events: list, steps: int) -> dict:
@@ -79,34 +83,36 @@ def profile(run, steps: int) -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.studies.gpu_kernels", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("--tree", default="resnet50_like")
   parser.add_argument("--variants", default="plain,momentum")
   parser.add_argument("--steps", type=int, default=20)
   args = parser.parse_args()
-  device, why = bench_step.torch_device()
+  device, why = step.torch_device()
   if device != "cuda":
     sys.exit(f"gpu_kernels.py needs JAX and torch on a GPU: torch rows {why}")
-  tree = bench_step.trees(bench_step.SCALES["full"])[args.tree]
-  np_params, np_grads = bench_step._random_arrays(tree)
-  grads = bench_step._nest({k: jnp.asarray(v) for k, v in np_grads.items()})
+  tree = step.trees(step.SCALES["full"])[args.tree]
+  np_params, np_grads = step._random_arrays(tree)
+  grads = step._nest({k: jnp.asarray(v) for k, v in np_grads.items()})
   print(
     f"{tree.name}: {tree.n_params:,} params, {len(tree.shapes)} leaves, on "
     f"{jax.devices()[0].device_kind}; per step, {args.steps} steps queued"
   )
   for vname in args.variants.split(","):
-    variant = bench_step.VARIANTS[vname]
-    args_ = (bench_step.LR, bench_step.DECAY, bench_step.EPS)
+    variant = step.VARIANTS[vname]
+    args_ = (step.LR, step.DECAY, step.EPS)
     txs = {
       "ours": optax_rms.rmsprop(*args_, **variant),
-      bench_step.PACKED: optax_rms.pack_small(optax_rms.rmsprop(*args_, **variant)),
+      step.PACKED: optax_rms.pack_small(optax_rms.rmsprop(*args_, **variant)),
       "optax": optax.rmsprop(*args_, **variant),
     }
     impls = {}
     for name, tx in txs.items():
-      params = bench_step._nest({k: jnp.asarray(v) for k, v in np_params.items()})
-      impls[name], _ = bench_step.jax_runner(tx, params, grads, hlo_model=False)
-    torch_impls, _ = bench_step.torch_runners(
+      params = step._nest({k: jnp.asarray(v) for k, v in np_params.items()})
+      impls[name], _ = step.jax_runner(tx, params, grads, hlo_model=False)
+    torch_impls, _ = step.torch_runners(
       [np_params[k] for k in tree.shapes],
       [np_grads[k] for k in tree.shapes],
       tree.dtype,

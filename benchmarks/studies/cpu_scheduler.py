@@ -1,7 +1,11 @@
 """The train step's peak under XLA:CPU's two schedulers: where the 8-bit
 state's missing saving goes.
 
-Run: python benchmarks/cpu_scheduler.py [--out benchmarks/RESULTS_cpu_scheduler.md]
+Question: is the transformer's missing 8-bit nu saving the schedule? (Yes:
+docs/performance_findings.md, "Train step".)
+
+Run: python -m benchmarks.studies.cpu_scheduler [--out FILE]
+(default: benchmarks/results/<machine>/cpu_scheduler.md)
 
 XLA:CPU orders a program's instructions with a concurrency-optimized
 scheduler by default (`--xla_cpu_enable_concurrency_optimized_scheduler`,
@@ -30,7 +34,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from ..harness import machine_info, results_path
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 SCHEDULERS = {"default (concurrency-optimized)": "true", "memory-minimizing": "false"}
 ROWS = (
@@ -46,9 +52,8 @@ NU8_SAVING_MIN = 2.5  # issue 15's target, B/param
 
 def child(scale: str, names: Sequence[str] = MODELS) -> dict:
   """Peak and temporaries of ROWS on every model, under this process's flags."""
-  sys.path.insert(0, str(ROOT))
-  from benchmarks.train_step import models, rows
-  from benchmarks.train_step.sections import _common, train_step
+  from ..train_step import models, rows
+  from ..train_step.sections import _common, train_step
 
   by_name = {row.name: row for row in rows.ROWS}
   setups = train_step.setups(models.scales()[scale])
@@ -73,9 +78,11 @@ def measure(scale: str = "full", models: Sequence[str] = MODELS) -> dict:
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FLAG}={value}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
-      [sys.executable, __file__, "--child", "--scale", scale]
+      [sys.executable, "-m", "benchmarks.studies.cpu_scheduler", "--child"]
+      + ["--scale", scale]
       + ["--models", ",".join(models)],
       env=env,
+      cwd=ROOT,
       capture_output=True,
       text=True,
       check=True,
@@ -92,7 +99,7 @@ def report(results: dict, scale: str = "full") -> str:
   lines = [
     "# The train step's peak under XLA:CPU's two schedulers",
     "",
-    "Written by `python benchmarks/cpu_scheduler.py` (what it does: its "
+    "Written by `python -m benchmarks.studies.cpu_scheduler` (what it does: its "
     f"docstring). jax {jax.__version__}, {platform.machine()} CPU, the "
     f"train-step benchmark's models at scale `{scale}`. Bytes per parameter: peak = "
     "argument + temporary bytes of the donated train step "
@@ -131,19 +138,25 @@ def report(results: dict, scale: str = "full") -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.studies.cpu_scheduler",
+    description=__doc__.split("\n")[0],
+  )
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--scale", choices=("full", "quick"), default="full")
   parser.add_argument("--models", default=",".join(MODELS), help=argparse.SUPPRESS)
   parser.add_argument(
-    "--out", type=pathlib.Path, default=ROOT / "benchmarks" / "RESULTS_cpu_scheduler.md"
+    "--out",
+    type=pathlib.Path,
+    help="default: benchmarks/results/<machine>/cpu_scheduler.md",
   )
   args = parser.parse_args(argv)
   if args.child:
     print(json.dumps(child(args.scale, args.models.split(","))))
     return 0
   text = report(measure(args.scale), args.scale)
-  args.out.write_text(text)
+  out = args.out or results_path(machine_info(), "cpu_scheduler.md")
+  out.write_text(text)
   print(text)
   return 0
 

@@ -1,0 +1,5 @@
+"""python -m benchmarks.offload [--layers ...]: see run.main."""
+
+from .run import main
+
+main()
