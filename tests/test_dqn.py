@@ -134,3 +134,19 @@ def test_tiny_run_end_to_end(dqn, tmp_path, capsys):
   assert f"mean final return: {result.final_return.mean():.1f} | " in out
   assert "(2 seeds, 1600 environment steps each" in out
   assert (tmp_path / dqn["PLOT_NAME"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_onset_is_where_20_episodes_first_average_the_level(dqn):
+  """One environment, an episode ending every other step: 25 of return 50,
+  then 25 of 150. Reference: the plain loop over windows of 20 episodes."""
+  cfg = dqn["Config"](num_envs=1)
+  done = np.zeros((1, 100, 1), bool)
+  done[0, ::2, 0] = True
+  per_episode = np.where(np.arange(50) < 25, 50.0, 150.0)
+  returns = np.zeros((1, 100, 1))
+  returns[0, ::2, 0] = per_episode
+  result = dqn["TrainResult"](None, None, done, returns, np.zeros(1), cfg)
+  ends = np.arange(0, 100, 2) + 1  # environment steps when each episode ended
+  first = next(k for k in range(19, 50) if per_episode[k - 19 : k + 1].mean() >= 100)
+  assert dqn["onset"](result, 0, 100.0) == ends[first]
+  assert np.isnan(dqn["onset"](result, 0, 151.0))
