@@ -492,9 +492,11 @@ def run(args: argparse.Namespace) -> TrainResult:
   for i, seed in enumerate(seeds):
     r, t, o = result.final_return[i], late[i], took_off[i]
     print(f"  seed {seed}: {r:6.1f} | {t:6.1f} | {o:8.0f}")
+  reached = int(np.sum(~np.isnan(took_off)))
+  mean_onset = f"{np.nanmean(took_off):.0f}" if reached else "never"
   print(
     f"mean final return: {result.final_return.mean():.1f} | {np.mean(late):.1f} "
-    f"| {np.mean(took_off):.0f} ({len(seeds)} seeds, "
+    f"| {mean_onset} ({reached} of {len(seeds)} seeds took off; "
     f"{cfg.steps * cfg.num_envs} environment steps each, {seconds:.1f} s)"
   )
   out = RUNS / args.variant if args.out is None else args.out

@@ -132,7 +132,7 @@ def test_tiny_run_end_to_end(dqn, tmp_path, capsys):
   assert ((result.final_return >= 1) & (result.final_return <= 500)).all()
   out = capsys.readouterr().out
   assert f"mean final return: {result.final_return.mean():.1f} | " in out
-  assert "(2 seeds, 1600 environment steps each" in out
+  assert "of 2 seeds took off; 1600 environment steps each" in out
   assert (tmp_path / dqn["PLOT_NAME"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
