@@ -115,10 +115,14 @@ DEFAULT = Config()
 
 def check_config(cfg: Config) -> None:
   """Raises ValueError naming the first field out of range."""
-  positive = ("steps", "num_envs", "buffer_size", "batch_size", "target_every")
-  for name in (*positive, "chunk", "hidden", "eval_episodes"):
+  counts = ("steps", "num_envs", "buffer_size", "batch_size", "target_every")
+  for name in (*counts, "chunk", "hidden", "eval_episodes"):
     if getattr(cfg, name) < 1:
       raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
+  if not 0 < cfg.explore_fraction <= 1:
+    raise ValueError(
+      f"explore_fraction must lie in (0, 1], got {cfg.explore_fraction}."
+    )
   if cfg.buffer_size % cfg.num_envs:
     raise ValueError(
       f"buffer_size must be a multiple of num_envs={cfg.num_envs}, got "
@@ -371,6 +375,8 @@ def train(
 ) -> TrainResult:
   """Trains one DQN agent per seed, all at once (``jax.vmap`` over seeds)."""
   check_config(cfg)
+  if not seeds:
+    raise ValueError("seeds must name at least one seed, got none.")
   tx = make_optimizer(variant, cfg.learning_rate, cfg.decay)
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
   carry = jax.jit(jax.vmap(functools.partial(init_carry, cfg, tx)))(keys)
