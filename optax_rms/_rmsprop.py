@@ -744,7 +744,9 @@ def scale_by_rms(
 
 
 def rmsprop(
-  learning_rate: ScalarOrSchedule,
+  # optax.ScalarOrSchedule itself, not the alias: optax's contract tests
+  # (optax/contrib/_common_test.py) look for this object in the signature.
+  learning_rate: optax.ScalarOrSchedule,
   decay: ArrayLike = 0.9,
   eps: ArrayLike = 1e-8,
   initial_scale: ArrayLike = 0.0,

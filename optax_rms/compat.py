@@ -28,7 +28,7 @@ import optax
 from optax_rms import _checks
 from optax_rms._ema import ema_params
 from optax_rms._rmsprop import rmsprop
-from optax_rms._types import GradientTransformationExtraArgs, ScalarOrSchedule
+from optax_rms._types import GradientTransformationExtraArgs
 
 __all__ = ["keras", "mxnet", "pytorch", "tf1", "timm"]
 
@@ -72,7 +72,7 @@ def _weight_decay_or_none(weight_decay: Any) -> Any:
 
 
 def pytorch(
-  lr: ScalarOrSchedule = 0.01,
+  lr: optax.ScalarOrSchedule = 0.01,
   alpha: float = 0.99,
   eps: float = 1e-8,
   weight_decay: float = 0,
@@ -161,7 +161,7 @@ def _at_call_count(schedule: optax.Schedule, steps: int) -> optax.Schedule:
 
 
 def keras(
-  learning_rate: ScalarOrSchedule = 0.001,
+  learning_rate: optax.ScalarOrSchedule = 0.001,
   rho: float = 0.9,
   momentum: float = 0.0,
   epsilon: float = 1e-7,
@@ -321,7 +321,7 @@ def keras(
 
 
 def tf1(
-  learning_rate: ScalarOrSchedule,
+  learning_rate: optax.ScalarOrSchedule,
   decay: float = 0.9,
   momentum: float = 0.0,
   epsilon: float = 1e-10,
@@ -383,7 +383,7 @@ def _clip_params_after_update(bound: float) -> optax.GradientTransformation:
 
 
 def mxnet(
-  learning_rate: ScalarOrSchedule = 0.001,
+  learning_rate: optax.ScalarOrSchedule = 0.001,
   gamma1: float = 0.9,
   gamma2: float = 0.9,
   epsilon: float = 1e-8,
@@ -462,7 +462,7 @@ def mxnet(
 
 
 def timm(
-  lr: ScalarOrSchedule = 0.01,
+  lr: optax.ScalarOrSchedule = 0.01,
   alpha: float = 0.9,
   eps: float = 1e-10,
   weight_decay: float = 0,
