@@ -20,6 +20,15 @@ importing it, as tests/test_docs_conf.py does, writes nothing):
   their relative links (and, through ``source-read``, those of docs/'s own
   pages) so that they land where they did on GitHub: on the copied page, or
   on a download of a file that is not a page.
+- **One Benchmarks section.** :func:`benchmarks_index` writes
+  ``docs/benchmarks/index.md``: the benchmarks' README, then every results
+  page by machine (``benchmarks/results/<machine>/*.md``, or the older flat
+  ``benchmarks/RESULTS*.md``), then any other page under benchmarks/, each in
+  a toctree below that one entry of the sidebar.
+- **Math beside the docstrings.** ``help()`` shows a docstring as plain text,
+  so the public docstrings write their formulas in plain text, and the
+  LaTeX version of a name's update lives in ``docs/_api_math/<name>.rst``,
+  appended to its API page (:func:`_append_math`).
 - **The notebook is executed at every build** by myst-nb (its outputs are
   stripped in git), in the notebook's folder, with the ``python3`` kernel: the
   interpreter of this environment, as in tests/test_notebook.py. A failing
@@ -74,7 +83,8 @@ extensions = [
   "myst_nb",  # Markdown (it includes myst-parser) and notebooks
 ]
 
-exclude_patterns = ["_build", "images/README*", "**.ipynb_checkpoints"]
+# _api_math/: the API pages' math (appended by _append_math), not pages.
+exclude_patterns = ["_build", "_api_math", "images/README*", "**.ipynb_checkpoints"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
 default_role = "py:obj"  # `name` in a docstring links where it can, else code
@@ -306,25 +316,89 @@ def _fix_links(text: str, src: pathlib.Path, dst: pathlib.Path) -> str:
   return _LINK.sub(fix, text)
 
 
+BENCHMARKS_INDEX = "benchmarks/index.md"  # generated: the one Benchmarks section
+
+
+def _results_pages() -> dict[str, list[str]]:
+  """The benchmark results pages, by machine: repository paths.
+
+  Results live in ``benchmarks/results/<machine>/*.md``; before that layout
+  they were ``benchmarks/RESULTS*.md`` side by side (one group, "all").
+  """
+  folder = ROOT / "benchmarks" / "results"
+  groups: dict[str, list[str]] = {}
+  if folder.is_dir():
+    for path in sorted(folder.glob("*/*.md")):
+      groups.setdefault(path.parent.name, []).append(path.relative_to(ROOT).as_posix())
+  else:
+    flat = sorted((ROOT / "benchmarks").glob("RESULTS*.md"))
+    if flat:
+      groups["all machines"] = [p.relative_to(ROOT).as_posix() for p in flat]
+  return groups
+
+
+def benchmarks_index() -> str:
+  """The Benchmarks section's page: the benchmarks' README, then every
+  results page grouped by machine, then any other Markdown file under
+  benchmarks/ (a suite's own README), each in a toctree: the sidebar shows
+  one "Benchmarks" entry, and the pages below it."""
+  groups = _results_pages()
+  listed = {p for paths in groups.values() for p in paths}
+  others = [
+    name
+    for name in _copies()
+    if name.startswith("benchmarks/")
+    and name not in listed
+    and name != "benchmarks/README.md"
+  ]
+
+  def toctree(paths: list[str]) -> str:
+    entries = "\n".join(p[len("benchmarks/") : -len(".md")] for p in paths)
+    return f"```{{toctree}}\n:maxdepth: 1\n\n{entries}\n```\n"
+
+  text = [
+    "# Benchmarks\n",
+    "What each suite answers, how it measures and the command that reruns it "
+    "are in the [benchmarks' README](README.md); the results, by the machine "
+    "they were measured on, are below (each page says its date and versions). "
+    "[Memory and performance](../performance.md) reads the main figures.\n",
+    "```{toctree}\n:hidden:\n\nREADME\n```\n",
+  ]
+  for machine, paths in groups.items():
+    text += [f"## {machine}\n", toctree(paths)]
+  if others:
+    text += ["## Notes of the suites\n", toctree(others)]
+  return "\n".join(text)
+
+
 def copy_outside_pages() -> None:
-  """Copies the README, the benchmark pages and the notebook under docs/."""
+  """Copies the README, the benchmark pages and the notebook under docs/,
+  and writes the Benchmarks section's index."""
   copies = _copies()
   for folder in COPIED_FOLDERS:  # drop files no longer copied
     for stale in sorted((DOCS / folder).rglob("*"), reverse=True):
       name = stale.relative_to(DOCS).as_posix()
-      if stale.is_file() and name not in copies.values():
+      if stale.is_file() and name not in (*copies.values(), BENCHMARKS_INDEX):
         stale.unlink()
   for src_name, dst_name in copies.items():
     src, dst = ROOT / src_name, DOCS / dst_name
     data = src.read_bytes()
     if src.suffix == ".md":
       text = _fix_links(data.decode(), src, dst)
-      if src.name.startswith("RESULTS"):  # one title for all: say which file
+      # Results pages share titles ("optax_rms step benchmark"): say which.
+      if src.name.startswith("RESULTS"):
         text = re.sub(r"\A# (.*)", rf"# \1 ({src.name})", text, count=1)
+      elif src.parent.parent == ROOT / "benchmarks" / "results":
+        text = re.sub(r"\A# (.*)", rf"# \1 ({src.parent.name})", text, count=1)
       data = text.encode()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if not dst.exists() or dst.read_bytes() != data:  # keep Sphinx's cache
-      dst.write_bytes(data)
+    _write_if_changed(dst, data)
+  _write_if_changed(DOCS / BENCHMARKS_INDEX, benchmarks_index().encode())
+
+
+def _write_if_changed(dst: pathlib.Path, data: bytes) -> None:
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  if not dst.exists() or dst.read_bytes() != data:  # keep Sphinx's cache
+    dst.write_bytes(data)
 
 
 def _fix_own_links(app: Any, docname: str, source: list[str]) -> None:
@@ -404,6 +478,21 @@ def _expanded_aliases() -> list[tuple[str, str]]:
   return sorted(set(pairs), key=lambda pair: -len(pair[0]))
 
 
+API_MATH = DOCS / "_api_math"
+
+
+def _append_math(
+  app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+  """The API page of ``name`` ends with ``_api_math/<name>.rst``: the update
+  in mathematical notation, which the site renders and which a docstring
+  would show as raw LaTeX in ``help()`` (tests/test_help.py)."""
+  path = API_MATH / f"{name}.rst"
+  if path.exists():
+    lines += ["", ".. rubric:: In mathematical notation", ""]
+    lines += path.read_text().splitlines()
+
+
 def _on_builder_inited(app: Any) -> None:
   write_api_pages()
   copy_outside_pages()
@@ -427,5 +516,6 @@ def setup(app: Any) -> dict[str, Any]:
   app.connect("builder-inited", _on_builder_inited)
   app.connect("source-read", _fix_own_links)
   app.connect("autodoc-process-signature", _plain_aliases)
+  app.connect("autodoc-process-docstring", _append_math)
   app.connect("build-finished", _copy_mathjax)
   return {"parallel_read_safe": True}
