@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import pathlib
 import re
@@ -188,9 +189,14 @@ def _summary(entries: list[str]) -> str:
   return f".. autosummary::\n   :nosignatures:\n\n{lines}\n"
 
 
-def _toctree(entries: list[str]) -> str:
-  """The pages below this one, for the navigation (the table shows them)."""
-  lines = "\n".join(f"   {e}" for e in entries)
+def _toctree(entries: list[str], parent: str = PACKAGE) -> str:
+  """The pages below this one, for the navigation (the table shows them).
+
+  Each is titled by its name relative to ``parent`` (``rmsprop``,
+  ``compat``, ``keras``): the sidebar then shows whole names, where the
+  full ``optax_rms.StochasticRoundingState`` would break mid-word.
+  """
+  lines = "\n".join(f"   {e.removeprefix(parent + '.')} <{e}>" for e in entries)
   return f".. toctree::\n   :hidden:\n\n{lines}\n"
 
 
@@ -201,7 +207,7 @@ def _module_page(qualname: str, module: types.ModuleType) -> str:
   return (
     f"{_title(qualname)}\n"
     f".. automodule:: {qualname}\n   :no-members:\n\n"
-    f"{_summary(names)}\n{_toctree([f'{qualname}.{n}' for n in names])}"
+    f"{_summary(names)}\n{_toctree([f'{qualname}.{n}' for n in names], qualname)}"
   )
 
 
@@ -411,8 +417,11 @@ def _fix_own_links(app: Any, docname: str, source: list[str]) -> None:
 
 # An API page is one object: no "Contents" column, more width for its math.
 # (Page names, not a wildcard: the theme warns when two wildcards match.)
+# porting.md's table compares six frameworks side by side: it takes the
+# width of the contents column too (the page is short).
 html_theme_options["secondary_sidebar_items"] = {
   "**": ["page-toc"],
+  "porting": [],
   **{f"api/{name.removesuffix('.rst')}": [] for name in api_pages()},
 }
 
@@ -478,6 +487,51 @@ def _expanded_aliases() -> list[tuple[str, str]]:
   return sorted(set(pairs), key=lambda pair: -len(pair[0]))
 
 
+# -- A quiet build ---------------------------------------------------------------
+#
+# Two things printed at every build that are no news: myst-parser and myst-nb
+# log their whole configuration at INFO (myst_parser/sphinx_ext/main.py,
+# myst_nb/sphinx_ext.py: "myst v5.2.0: MdParserConfig(...)"), and ipykernel
+# >= 7 warns on stderr that the notebook's kernel talks to Sphinx over TCP
+# without encryption (ipykernel/kernelapp.py, init_sockets): it does, over
+# localhost, as every kernel jupyter_client starts without CurveZMQ keys, and
+# myst-nb offers no way to ask for another transport.
+
+
+class _DropConfigDumps(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not any(
+      type(a).__name__ in ("MdParserConfig", "NbParserConfig") for a in args
+    )
+
+
+_CONFIG_LOGGERS = ("sphinx.myst_parser.sphinx_ext.main", "sphinx.myst_nb.sphinx_ext")
+
+# Runs in the notebook's kernel at its start (IPython's profile config): drops
+# that one warning, and only it.
+_KERNEL_CONFIG = """\
+import logging
+
+logging.getLogger("IPKernelApp").addFilter(
+  lambda record: "without encryption" not in record.getMessage()
+)
+"""
+
+
+def _quiet_kernel(outdir: pathlib.Path) -> None:
+  """Points the kernels this build starts at an IPython profile under the
+  build folder holding _KERNEL_CONFIG (unless IPYTHONDIR is set already)."""
+  if "IPYTHONDIR" in os.environ:
+    return
+  ipython_dir = outdir / "ipython"
+  _write_if_changed(
+    ipython_dir / "profile_default" / "ipython_kernel_config.py",
+    _KERNEL_CONFIG.encode(),
+  )
+  os.environ["IPYTHONDIR"] = str(ipython_dir)
+
+
 API_MATH = DOCS / "_api_math"
 
 
@@ -496,6 +550,7 @@ def _append_math(
 def _on_builder_inited(app: Any) -> None:
   write_api_pages()
   copy_outside_pages()
+  _quiet_kernel(pathlib.Path(app.outdir).parent)
 
 
 def _copy_mathjax(app: Any, exception: Exception | None) -> None:
@@ -513,6 +568,8 @@ def _copy_mathjax(app: Any, exception: Exception | None) -> None:
 
 def setup(app: Any) -> dict[str, Any]:
   _mathjax_files()  # fail early, with the install command, if it is missing
+  for name in _CONFIG_LOGGERS:
+    logging.getLogger(name).addFilter(_DropConfigDumps())
   app.connect("builder-inited", _on_builder_inited)
   app.connect("source-read", _fix_own_links)
   app.connect("autodoc-process-signature", _plain_aliases)

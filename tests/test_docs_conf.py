@@ -47,7 +47,9 @@ def _toctree_entries(text):
   entries = set()
   for block in text.split("\n.. ")[1:]:
     if block.startswith("toctree::"):
-      entries |= set(re.findall(r"^   (optax_rms[\w.]*)$", block, flags=re.MULTILINE))
+      entries |= set(
+        re.findall(r"^   (?:[\w.]+ <)?(optax_rms[\w.]*)>?$", block, flags=re.MULTILINE)
+      )
   return entries
 
 
