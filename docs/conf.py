@@ -329,7 +329,7 @@ def _results_pages() -> dict[str, list[str]]:
   """The benchmark results pages, by machine: repository paths.
 
   Results live in ``benchmarks/results/<machine>/*.md``; before that layout
-  they were ``benchmarks/RESULTS*.md`` side by side (one group, "all").
+  they were ``benchmarks/RESULTS*.md`` side by side (one group).
   """
   folder = ROOT / "benchmarks" / "results"
   groups: dict[str, list[str]] = {}
@@ -339,7 +339,7 @@ def _results_pages() -> dict[str, list[str]]:
   else:
     flat = sorted((ROOT / "benchmarks").glob("RESULTS*.md"))
     if flat:
-      groups["all machines"] = [p.relative_to(ROOT).as_posix() for p in flat]
+      groups["Results"] = [p.relative_to(ROOT).as_posix() for p in flat]
   return groups
 
 
@@ -368,7 +368,7 @@ def benchmarks_index() -> str:
     "are in the [benchmarks' README](README.md); the results, by the machine "
     "they were measured on, are below (each page says its date and versions). "
     "[Memory and performance](../performance.md) reads the main figures.\n",
-    "```{toctree}\n:hidden:\n\nREADME\n```\n",
+    "```{toctree}\n:hidden:\n\nHow the suites measure <README>\n```\n",
   ]
   for machine, paths in groups.items():
     text += [f"## {machine}\n", toctree(paths)]

@@ -161,7 +161,10 @@ def test_one_benchmarks_section_lists_every_results_page(
   monkeypatch.setattr(conf, "ROOT", tmp_path)
   text = conf.benchmarks_index()
   entries = [e for block in _toctree_blocks(text) for e in block]
-  expected = ["README", *(r.removesuffix(".md") for r in [*results, *notes])]
+  expected = [
+    "How the suites measure <README>",
+    *(r.removesuffix(".md") for r in [*results, *notes]),
+  ]
   assert sorted(entries) == sorted(expected)
   if layout == "by-machine":
     assert "## H200\n" in text and "## cpu-2core\n" in text
