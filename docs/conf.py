@@ -44,7 +44,9 @@ package registries, so MathJax 3.2.2 comes from the PyPI package
 site then renders math from ``file://`` or any server, offline.
 ``python docs/check_math.py`` checks, in headless Chromium, that every
 formula of the built site is typeset (docs/images/api_rmsprop.png is its
-screenshot of the rmsprop page).
+screenshot of the rmsprop page); ``python docs/check_layout.py`` that every
+page's tables, text and sidebar names fit a 1280 px window
+(``_static/custom.css`` makes them).
 """
 
 from __future__ import annotations
@@ -377,6 +379,22 @@ def benchmarks_index() -> str:
   return "\n".join(text)
 
 
+# An API page is one object: no "Contents" column, more width for its math.
+# porting.md's table compares six frameworks side by side, and the results
+# pages hold the benchmarks' widest tables: they take that column's width too.
+# (Page names, not a wildcard: the theme warns when two wildcards match.)
+html_theme_options["secondary_sidebar_items"] = {
+  "**": ["page-toc"],
+  "porting": [],
+  **{f"api/{name.removesuffix('.rst')}": [] for name in api_pages()},
+  **{
+    path.removesuffix(".md"): []
+    for paths in _results_pages().values()
+    for path in paths
+  },
+}
+
+
 def copy_outside_pages() -> None:
   """Copies the README, the benchmark pages and the notebook under docs/,
   and writes the Benchmarks section's index."""
@@ -413,17 +431,6 @@ def _fix_own_links(app: Any, docname: str, source: list[str]) -> None:
   own = not any(docname.startswith(f"{f}/") for f in (*COPIED_FOLDERS, "api"))
   if own and docname != "readme" and path.exists():
     source[0] = _fix_links(source[0], path, path)
-
-
-# An API page is one object: no "Contents" column, more width for its math.
-# (Page names, not a wildcard: the theme warns when two wildcards match.)
-# porting.md's table compares six frameworks side by side: it takes the
-# width of the contents column too (the page is short).
-html_theme_options["secondary_sidebar_items"] = {
-  "**": ["page-toc"],
-  "porting": [],
-  **{f"api/{name.removesuffix('.rst')}": [] for name in api_pages()},
-}
 
 
 # -- Sphinx hooks ------------------------------------------------------------------
