@@ -43,3 +43,46 @@ def pytest_collection_modifyitems(config, items):
       "optax_rms/sharding.py::"
     ):
       item.add_marker(skip)
+
+
+# -- The documentation's code blocks, run as tests (Sybil) ---------------------
+#
+# Every ```python block of README.md and docs/*.md runs in order, one namespace
+# per page, as a reader pastes them (testpaths lists README.md and docs). A
+# block that cannot run on one machine (a multi-host launch) is preceded by
+# `<!-- skip: next "why" -->`. Only the repository's own pages: the copies that
+# the Sphinx build writes under docs/ (docs/readme.md, docs/benchmarks/) and
+# the benchmarks' result pages are not examples.
+import pathlib  # noqa: E402
+
+from sybil import Sybil  # noqa: E402
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser  # noqa: E402
+
+_ROOT = pathlib.Path(__file__).resolve().parent
+_DOCS_COPIES = {"readme.md"}  # written by docs/conf.py at build time
+_collect_page = Sybil(
+  parsers=[PythonCodeBlockParser(), SkipParser()], patterns=["*.md"]
+).pytest()
+
+# docs/'s Python files are the site's build (conf.py) and a browser check
+# (check_math.py), not tests; what the Sphinx build writes is not either.
+collect_ignore_glob = ["docs/*.py", "docs/_build*", "docs/api*", "docs/examples*"]
+
+
+def _is_doc_page(path: pathlib.Path) -> bool:
+  try:
+    rel = path.resolve().relative_to(_ROOT)
+  except ValueError:
+    return False
+  if rel.suffix != ".md":
+    return False
+  if rel == pathlib.Path("README.md"):
+    return True
+  return rel.parent == pathlib.Path("docs") and rel.name not in _DOCS_COPIES
+
+
+def pytest_collect_file(file_path, parent):
+  """README.md and docs/*.md: their Python blocks (see above)."""
+  if _is_doc_page(file_path):
+    return _collect_page(file_path, parent)
+  return None

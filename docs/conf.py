@@ -20,6 +20,15 @@ importing it, as tests/test_docs_conf.py does, writes nothing):
   their relative links (and, through ``source-read``, those of docs/'s own
   pages) so that they land where they did on GitHub: on the copied page, or
   on a download of a file that is not a page.
+- **One Benchmarks section.** :func:`benchmarks_index` writes
+  ``docs/benchmarks/index.md``: the benchmarks' README, then every results
+  page by machine (``benchmarks/results/<machine>/*.md``, or the older flat
+  ``benchmarks/RESULTS*.md``), then any other page under benchmarks/, each in
+  a toctree below that one entry of the sidebar.
+- **Math beside the docstrings.** ``help()`` shows a docstring as plain text,
+  so the public docstrings write their formulas in plain text, and the
+  LaTeX version of a name's update lives in ``docs/_api_math/<name>.rst``,
+  appended to its API page (:func:`_append_math`).
 - **The notebook is executed at every build** by myst-nb (its outputs are
   stripped in git), in the notebook's folder, with the ``python3`` kernel: the
   interpreter of this environment, as in tests/test_notebook.py. A failing
@@ -35,13 +44,16 @@ package registries, so MathJax 3.2.2 comes from the PyPI package
 site then renders math from ``file://`` or any server, offline.
 ``python docs/check_math.py`` checks, in headless Chromium, that every
 formula of the built site is typeset (docs/images/api_rmsprop.png is its
-screenshot of the rmsprop page).
+screenshot of the rmsprop page); ``python docs/check_layout.py`` that every
+page's tables, text and sidebar names fit a 1280 px window
+(``_static/custom.css`` makes them).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import pathlib
 import re
@@ -74,7 +86,8 @@ extensions = [
   "myst_nb",  # Markdown (it includes myst-parser) and notebooks
 ]
 
-exclude_patterns = ["_build", "images/README*", "**.ipynb_checkpoints"]
+# _api_math/: the API pages' math (appended by _append_math), not pages.
+exclude_patterns = ["_build", "_api_math", "images/README*", "**.ipynb_checkpoints"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
 default_role = "py:obj"  # `name` in a docstring links where it can, else code
@@ -178,9 +191,14 @@ def _summary(entries: list[str]) -> str:
   return f".. autosummary::\n   :nosignatures:\n\n{lines}\n"
 
 
-def _toctree(entries: list[str]) -> str:
-  """The pages below this one, for the navigation (the table shows them)."""
-  lines = "\n".join(f"   {e}" for e in entries)
+def _toctree(entries: list[str], parent: str = PACKAGE) -> str:
+  """The pages below this one, for the navigation (the table shows them).
+
+  Each is titled by its name relative to ``parent`` (``rmsprop``,
+  ``compat``, ``keras``): the sidebar then shows whole names, where the
+  full ``optax_rms.StochasticRoundingState`` would break mid-word.
+  """
+  lines = "\n".join(f"   {e.removeprefix(parent + '.')} <{e}>" for e in entries)
   return f".. toctree::\n   :hidden:\n\n{lines}\n"
 
 
@@ -191,7 +209,7 @@ def _module_page(qualname: str, module: types.ModuleType) -> str:
   return (
     f"{_title(qualname)}\n"
     f".. automodule:: {qualname}\n   :no-members:\n\n"
-    f"{_summary(names)}\n{_toctree([f'{qualname}.{n}' for n in names])}"
+    f"{_summary(names)}\n{_toctree([f'{qualname}.{n}' for n in names], qualname)}"
   )
 
 
@@ -306,25 +324,105 @@ def _fix_links(text: str, src: pathlib.Path, dst: pathlib.Path) -> str:
   return _LINK.sub(fix, text)
 
 
+BENCHMARKS_INDEX = "benchmarks/index.md"  # generated: the one Benchmarks section
+
+
+def _results_pages() -> dict[str, list[str]]:
+  """The benchmark results pages, by machine: repository paths.
+
+  Results live in ``benchmarks/results/<machine>/*.md``; before that layout
+  they were ``benchmarks/RESULTS*.md`` side by side (one group).
+  """
+  folder = ROOT / "benchmarks" / "results"
+  groups: dict[str, list[str]] = {}
+  if folder.is_dir():
+    for path in sorted(folder.glob("*/*.md")):
+      groups.setdefault(path.parent.name, []).append(path.relative_to(ROOT).as_posix())
+  else:
+    flat = sorted((ROOT / "benchmarks").glob("RESULTS*.md"))
+    if flat:
+      groups["Results"] = [p.relative_to(ROOT).as_posix() for p in flat]
+  return groups
+
+
+def benchmarks_index() -> str:
+  """The Benchmarks section's page: the benchmarks' README, then every
+  results page grouped by machine, then any other Markdown file under
+  benchmarks/ (a suite's own README), each in a toctree: the sidebar shows
+  one "Benchmarks" entry, and the pages below it."""
+  groups = _results_pages()
+  listed = {p for paths in groups.values() for p in paths}
+  others = [
+    name
+    for name in _copies()
+    if name.startswith("benchmarks/")
+    and name not in listed
+    and name != "benchmarks/README.md"
+  ]
+
+  def toctree(paths: list[str]) -> str:
+    entries = "\n".join(p[len("benchmarks/") : -len(".md")] for p in paths)
+    return f"```{{toctree}}\n:maxdepth: 1\n\n{entries}\n```\n"
+
+  text = [
+    "# Benchmarks\n",
+    "What each suite answers, how it measures and the command that reruns it "
+    "are in the [benchmarks' README](README.md); the results, by the machine "
+    "they were measured on, are below (each page says its date and versions). "
+    "[Memory and performance](../performance.md) reads the main figures.\n",
+    "```{toctree}\n:hidden:\n\nHow the suites measure <README>\n```\n",
+  ]
+  for machine, paths in groups.items():
+    text += [f"## {machine}\n", toctree(paths)]
+  if others:
+    text += ["## Notes of the suites\n", toctree(others)]
+  return "\n".join(text)
+
+
+# An API page is one object: no "Contents" column, more width for its math.
+# porting.md's table compares six frameworks side by side, and the results
+# pages hold the benchmarks' widest tables: they take that column's width too.
+# (Page names, not a wildcard: the theme warns when two wildcards match.)
+html_theme_options["secondary_sidebar_items"] = {
+  "**": ["page-toc"],
+  "porting": [],
+  **{f"api/{name.removesuffix('.rst')}": [] for name in api_pages()},
+  **{
+    path.removesuffix(".md"): []
+    for paths in _results_pages().values()
+    for path in paths
+  },
+}
+
+
 def copy_outside_pages() -> None:
-  """Copies the README, the benchmark pages and the notebook under docs/."""
+  """Copies the README, the benchmark pages and the notebook under docs/,
+  and writes the Benchmarks section's index."""
   copies = _copies()
   for folder in COPIED_FOLDERS:  # drop files no longer copied
     for stale in sorted((DOCS / folder).rglob("*"), reverse=True):
       name = stale.relative_to(DOCS).as_posix()
-      if stale.is_file() and name not in copies.values():
+      if stale.is_file() and name not in (*copies.values(), BENCHMARKS_INDEX):
         stale.unlink()
   for src_name, dst_name in copies.items():
     src, dst = ROOT / src_name, DOCS / dst_name
     data = src.read_bytes()
     if src.suffix == ".md":
       text = _fix_links(data.decode(), src, dst)
-      if src.name.startswith("RESULTS"):  # one title for all: say which file
+      # Results pages share titles ("optax_rms step benchmark"): say which.
+      if src.name.startswith("RESULTS"):
         text = re.sub(r"\A# (.*)", rf"# \1 ({src.name})", text, count=1)
+      elif src.parent.parent == ROOT / "benchmarks" / "results":
+        text = re.sub(r"\A# (.*)", rf"# \1 ({src.parent.name})", text, count=1)
       data = text.encode()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if not dst.exists() or dst.read_bytes() != data:  # keep Sphinx's cache
-      dst.write_bytes(data)
+    _write_if_changed(dst, data)
+  _write_if_changed(DOCS / BENCHMARKS_INDEX, benchmarks_index().encode())
+
+
+def _write_if_changed(dst: pathlib.Path, data: bytes) -> None:
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  if not dst.exists() or dst.read_bytes() != data:  # keep Sphinx's cache
+    dst.write_bytes(data)
 
 
 def _fix_own_links(app: Any, docname: str, source: list[str]) -> None:
@@ -333,14 +431,6 @@ def _fix_own_links(app: Any, docname: str, source: list[str]) -> None:
   own = not any(docname.startswith(f"{f}/") for f in (*COPIED_FOLDERS, "api"))
   if own and docname != "readme" and path.exists():
     source[0] = _fix_links(source[0], path, path)
-
-
-# An API page is one object: no "Contents" column, more width for its math.
-# (Page names, not a wildcard: the theme warns when two wildcards match.)
-html_theme_options["secondary_sidebar_items"] = {
-  "**": ["page-toc"],
-  **{f"api/{name.removesuffix('.rst')}": [] for name in api_pages()},
-}
 
 
 # -- Sphinx hooks ------------------------------------------------------------------
@@ -404,9 +494,70 @@ def _expanded_aliases() -> list[tuple[str, str]]:
   return sorted(set(pairs), key=lambda pair: -len(pair[0]))
 
 
+# -- A quiet build ---------------------------------------------------------------
+#
+# Two things printed at every build that are no news: myst-parser and myst-nb
+# log their whole configuration at INFO (myst_parser/sphinx_ext/main.py,
+# myst_nb/sphinx_ext.py: "myst v5.2.0: MdParserConfig(...)"), and ipykernel
+# >= 7 warns on stderr that the notebook's kernel talks to Sphinx over TCP
+# without encryption (ipykernel/kernelapp.py, init_sockets): it does, over
+# localhost, as every kernel jupyter_client starts without CurveZMQ keys, and
+# myst-nb offers no way to ask for another transport.
+
+
+class _DropConfigDumps(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not any(
+      type(a).__name__ in ("MdParserConfig", "NbParserConfig") for a in args
+    )
+
+
+_CONFIG_LOGGERS = ("sphinx.myst_parser.sphinx_ext.main", "sphinx.myst_nb.sphinx_ext")
+
+# Runs in the notebook's kernel at its start (IPython's profile config): drops
+# that one warning, and only it.
+_KERNEL_CONFIG = """\
+import logging
+
+logging.getLogger("IPKernelApp").addFilter(
+  lambda record: "without encryption" not in record.getMessage()
+)
+"""
+
+
+def _quiet_kernel(outdir: pathlib.Path) -> None:
+  """Points the kernels this build starts at an IPython profile under the
+  build folder holding _KERNEL_CONFIG (unless IPYTHONDIR is set already)."""
+  if "IPYTHONDIR" in os.environ:
+    return
+  ipython_dir = outdir / "ipython"
+  _write_if_changed(
+    ipython_dir / "profile_default" / "ipython_kernel_config.py",
+    _KERNEL_CONFIG.encode(),
+  )
+  os.environ["IPYTHONDIR"] = str(ipython_dir)
+
+
+API_MATH = DOCS / "_api_math"
+
+
+def _append_math(
+  app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+  """The API page of ``name`` ends with ``_api_math/<name>.rst``: the update
+  in mathematical notation, which the site renders and which a docstring
+  would show as raw LaTeX in ``help()`` (tests/test_help.py)."""
+  path = API_MATH / f"{name}.rst"
+  if path.exists():
+    lines += ["", ".. rubric:: In mathematical notation", ""]
+    lines += path.read_text().splitlines()
+
+
 def _on_builder_inited(app: Any) -> None:
   write_api_pages()
   copy_outside_pages()
+  _quiet_kernel(pathlib.Path(app.outdir).parent)
 
 
 def _copy_mathjax(app: Any, exception: Exception | None) -> None:
@@ -424,8 +575,11 @@ def _copy_mathjax(app: Any, exception: Exception | None) -> None:
 
 def setup(app: Any) -> dict[str, Any]:
   _mathjax_files()  # fail early, with the install command, if it is missing
+  for name in _CONFIG_LOGGERS:
+    logging.getLogger(name).addFilter(_DropConfigDumps())
   app.connect("builder-inited", _on_builder_inited)
   app.connect("source-read", _fix_own_links)
   app.connect("autodoc-process-signature", _plain_aliases)
+  app.connect("autodoc-process-docstring", _append_math)
   app.connect("build-finished", _copy_mathjax)
   return {"parallel_read_safe": True}

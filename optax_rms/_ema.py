@@ -17,6 +17,14 @@ import jax.numpy as jnp
 import optax
 
 from optax_rms import _checks
+from optax_rms._types import (
+  Array,
+  ArrayLike,
+  GradientTransformation,
+  GradientTransformationExtraArgs,
+  OptState,
+  Params,
+)
 
 
 class EmaParamsState(NamedTuple):
@@ -30,46 +38,47 @@ class EmaParamsState(NamedTuple):
     inner_state: the state of the wrapped transformation.
   """
 
-  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
-  ema: optax.Params
-  inner_state: optax.OptState
+  count: Array  # type: ignore[assignment]  # shadows tuple.count
+  ema: Params
+  inner_state: OptState
 
 
 def ema_params(
-  inner: optax.GradientTransformation,
-  decay: jax.typing.ArrayLike = 0.99,
+  inner: GradientTransformation,
+  decay: ArrayLike = 0.99,
   overwrite_every: int | None = None,
   *,
   accumulation_steps: int = 1,
-) -> optax.GradientTransformationExtraArgs:
-  r"""Keeps an exponential moving average of the parameters in the state.
+) -> GradientTransformationExtraArgs:
+  """Keeps an exponential moving average of the parameters in the state.
 
-  After each update of ``inner``, with :math:`\theta'` the parameters it
-  leads to (``optax.apply_updates(params, updates)``) and :math:`i` the
+  After each update of ``inner``, with ``p'`` the parameters it
+  leads to (``optax.apply_updates(params, updates)``) and ``i`` the
   number of applied steps before this one:
 
-  .. math::
-    m = \begin{cases} 0 & i = 0 \\ \beta & i > 0 \end{cases};\quad
-    \bar\theta \leftarrow m\,\bar\theta + (1 - m)\,\theta'
+  ::
+
+      m   = 0 if i == 0 else decay
+      ema = m * ema + (1 - m) * p'
 
   so the average starts at the parameters after the first step (no bias
   correction is needed), as Keras 3's optimizers do with ``use_ema=True``.
-  The average is in the parameters' dtype (:math:`m` too, as in Keras).
+  The average is in the parameters' dtype (``m`` too, as in Keras).
   Read it with `get_ema_params`, e.g. to evaluate or save the averaged model.
 
   With ``overwrite_every=N``, the parameters are replaced by the average
-  after every :math:`N`-th applied step (where :math:`(i + 1) \bmod N = 0`;
+  after every ``N``-th applied step (where ``(i + 1) mod N = 0``;
   Keras' ``ema_overwrite_frequency``): the returned updates are then
-  :math:`\bar\theta - \theta`, so ``optax.apply_updates`` lands on the
+  ``ema - p``, so ``optax.apply_updates`` lands on the
   average up to one rounding of that difference (none when the two are
   within a factor 2 of each other, by Sterbenz' lemma).
 
   ``accumulation_steps=k`` is for an ``inner`` that applies an update only
-  every :math:`k`-th call (``optax.MultiSteps``, ``compat.keras``'s
+  every ``k``-th call (``optax.MultiSteps``, ``compat.keras``'s
   ``gradient_accumulation_steps``): the average is still updated on every
-  call, as in Keras, but :math:`i` counts applied steps, ``count // k``.
+  call, as in Keras, but ``i`` counts applied steps, ``count // k``.
   Keras tests the overwrite on every call too, so the parameters are
-  overwritten on each of the :math:`k` calls of the :math:`N`-th
+  overwritten on each of the ``k`` calls of the ``N``-th
   accumulation window (the first of which is before that window's update).
 
   References:
@@ -81,7 +90,7 @@ def ema_params(
 
   Args:
     inner: the transformation whose parameters are averaged.
-    decay: :math:`\beta`, in [0, 1] (Keras' ``ema_momentum``).
+    decay: the average's decay, in [0, 1] (Keras' ``ema_momentum``).
     overwrite_every: replace the parameters by the average every this many
       applied steps (an int >= 1), or never (None).
     accumulation_steps: calls per applied step of ``inner`` (an int >= 1).
@@ -157,7 +166,7 @@ def ema_params(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def get_ema_params(state: optax.OptState) -> optax.Params:
+def get_ema_params(state: OptState) -> Params:
   """The moving average of the parameters kept by `ema_params` in ``state``.
 
   ``state`` may be `ema_params`' own state or any state holding exactly one

@@ -18,6 +18,7 @@ import optax
 from optax._src import transform as _transform
 
 from optax_rms._rmsprop import RMSPropState
+from optax_rms._types import ArrayLike
 
 # The typed states of optax.rmsprop's chain (optax 0.2.x) -> their fields.
 _STATISTICS = (
@@ -92,7 +93,7 @@ def _concrete(x: jax.Array) -> bool:
 
 
 def from_optax_rmsprop_state(
-  optax_state: Any, *, count: jax.typing.ArrayLike | None = None
+  optax_state: Any, *, count: ArrayLike | None = None
 ) -> RMSPropState:
   """The :class:`~optax_rms.RMSPropState` that continues an ``optax.rmsprop`` run.
 

@@ -23,6 +23,12 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from optax_rms._types import (
+  GradientTransformation,
+  GradientTransformationExtraArgs,
+  OptState,
+)
+
 __all__ = ["HostOffloadState", "host_offload"]
 
 # The one host memory kind that jit can place an array in (jax.memory.Space.Host).
@@ -38,7 +44,7 @@ class HostOffloadState(NamedTuple):
       the device.
   """
 
-  inner_state: optax.OptState
+  inner_state: OptState
 
 
 def _memory_kinds(device: Any) -> tuple[str, ...]:
@@ -136,8 +142,8 @@ def _to_host(state: Any, memory_kind: str) -> Any:
 
 
 def host_offload(
-  inner: optax.GradientTransformation, memory_kind: str = "pinned_host"
-) -> optax.GradientTransformationExtraArgs:
+  inner: GradientTransformation, memory_kind: str = "pinned_host"
+) -> GradientTransformationExtraArgs:
   """Keeps ``inner``'s state in host memory; each update visits the device.
 
   ``init`` places every array of ``inner``'s state (the scalars such as

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_rms._types import GradientTransformation, GradientTransformationExtraArgs
+
 
 @jax.tree_util.register_pytree_with_keys_class
 class PackedLeaves:
@@ -174,11 +176,11 @@ def _check_state_layout(state: Any, updates: Any, layout: _Layout) -> None:
 
 
 def pack_small(
-  inner: optax.GradientTransformation,
+  inner: GradientTransformation,
   *,
   max_size: int = 65_536,
   max_leaves: int = 32,
-) -> optax.GradientTransformationExtraArgs:
+) -> GradientTransformationExtraArgs:
   """Runs ``inner`` with the small leaves packed into a few flat vectors.
 
   Leaves of at most ``max_size`` elements (biases, norm scales, small
@@ -193,7 +195,7 @@ def pack_small(
   Worth it for models of many small leaves: a jitted step compiles to a few
   kernels per leaf, so there the step costs per-kernel overhead rather than
   bytes, and its compile time grows with the number of leaves
-  (``benchmarks/README.md`` has the figures). ``max_leaves`` bounds each
+  (``docs/performance.md`` has the figures). ``max_leaves`` bounds each
   concatenation: XLA compiles one concatenation of a thousand operands more
   slowly than the leafwise step it replaces. The defaults were chosen on a
   CPU, where packing a big leaf costs a copy of its gradient and update per

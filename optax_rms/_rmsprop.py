@@ -18,8 +18,17 @@ import jax.numpy as jnp
 import optax
 
 from optax_rms import _checks, _quantize
+from optax_rms._types import (
+  Array,
+  ArrayLike,
+  DTypeLike,
+  GradientTransformation,
+  GradientTransformationExtraArgs,
+  MaskOrFn,
+  ScalarOrSchedule,
+  Updates,
+)
 
-ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 WeightDecayMode: TypeAlias = Literal["coupled", "decoupled"]
 
 
@@ -50,13 +59,13 @@ class RMSPropState(NamedTuple):
       ``momentum_quantization="8bit"``, else ``None``.
   """
 
-  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
-  nu: optax.Updates
-  mu: optax.Updates | None = None
-  momentum: optax.Updates | None = None
-  nu_scale: optax.Updates | None = None
-  mu_scale: optax.Updates | None = None
-  momentum_scale: optax.Updates | None = None
+  count: Array  # type: ignore[assignment]  # shadows tuple.count
+  nu: Updates
+  mu: Updates | None = None
+  momentum: Updates | None = None
+  nu_scale: Updates | None = None
+  mu_scale: Updates | None = None
+  momentum_scale: Updates | None = None
 
 
 def _abs_sq(x: jax.Array) -> jax.Array:
@@ -653,15 +662,15 @@ def _validate_core(
 
 
 def scale_by_rms(
-  decay: jax.typing.ArrayLike = 0.9,
-  eps: jax.typing.ArrayLike = 1e-8,
-  initial_scale: jax.typing.ArrayLike = 0.0,
+  decay: ArrayLike = 0.9,
+  eps: ArrayLike = 1e-8,
+  initial_scale: ArrayLike = 0.0,
   eps_in_sqrt: bool = True,
   bias_correction: bool = False,
   *,
   centered: bool = False,
-  nu_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+  nu_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
   """Rescales updates by the root of the EMA of their squares.
 
   The RMSprop statistic without the learning rate (no sign flip): for each
@@ -735,36 +744,40 @@ def scale_by_rms(
 
 
 def rmsprop(
-  learning_rate: ScalarOrSchedule,
-  decay: jax.typing.ArrayLike = 0.9,
-  eps: jax.typing.ArrayLike = 1e-8,
-  initial_scale: jax.typing.ArrayLike = 0.0,
+  # optax.ScalarOrSchedule itself, not the alias: optax's contract tests
+  # (optax/contrib/_common_test.py) look for this object in the signature.
+  learning_rate: optax.ScalarOrSchedule,
+  decay: ArrayLike = 0.9,
+  eps: ArrayLike = 1e-8,
+  initial_scale: ArrayLike = 0.0,
   eps_in_sqrt: bool = True,
   centered: bool = False,
-  momentum: jax.typing.ArrayLike | None = None,
+  momentum: ArrayLike | None = None,
   nesterov: bool = False,
   bias_correction: bool = False,
   *,
   weight_decay: ScalarOrSchedule | None = None,
-  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  weight_decay_mask: MaskOrFn | None = None,
   weight_decay_mode: WeightDecayMode = "coupled",
   lr_in_momentum: bool = True,
   maximize: bool = False,
-  nu_dtype: Any | None = None,
-  mu_dtype: Any | None = None,
-  momentum_dtype: Any | None = None,
+  nu_dtype: DTypeLike | None = None,
+  mu_dtype: DTypeLike | None = None,
+  momentum_dtype: DTypeLike | None = None,
   nu_quantization: Literal["8bit"] | None = None,
   mu_quantization: Literal["8bit"] | None = None,
   momentum_quantization: Literal["8bit"] | None = None,
   check_hyperparams: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  r"""RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
+) -> GradientTransformationExtraArgs:
+  """RMSprop (Hinton 2012, lecture 6e), every common variant, one state.
 
   Divides each gradient by the root of a running average of its recent
   squares, then scales it by the learning rate. The positional arguments are
   those of ``optax.rmsprop`` (same order and defaults) and give the same
-  numbers (bit for bit when both are jitted; see README, "same numbers"); the
-  keyword-only ones reproduce the other frameworks' variants.
+  numbers (bit for bit when both are jitted: ``docs/numerics.md``, section
+  "Same numbers as optax.rmsprop"); the keyword-only ones reproduce the
+  other frameworks' variants. On the documentation site, the update is also
+  written in mathematical notation.
 
   Per parameter ``p`` with gradient ``g``, at step ``t`` (0-based), with
   ``lr = learning_rate(t)``, ``wd = weight_decay(t)`` and the state's ``nu``,
@@ -879,33 +892,6 @@ def rmsprop(
       TypeError for a state that is not an :class:`RMSPropState` (a raw
       checkpoint dict: restore it with a target), or whose buffers' dtypes
       differ from this configuration's, naming the field and the leaf.
-
-  Note:
-    The update above in mathematical notation (rendered on the
-    documentation site), with :math:`\eta_t` = ``learning_rate(t)``,
-    :math:`\lambda_t` = ``weight_decay(t)``, :math:`\rho` = ``decay``,
-    :math:`\beta` = ``momentum``:
-
-    .. math::
-      g &\leftarrow \pm g_t \quad(\text{minus with } \texttt{maximize})\\
-      g &\leftarrow g + \lambda_t\,\theta
-        \quad(\texttt{weight\_decay\_mode="coupled"}, \text{L2})\\
-      \nu_t &= \rho\,\nu_{t-1} + (1-\rho)\,|g|^2, \qquad
-      \mu_t = \rho\,\mu_{t-1} + (1-\rho)\,g \quad(\texttt{centered})\\
-      v &= \hat\nu_t \;\text{ or }\; \max(\hat\nu_t - |\hat\mu_t|^2, 0)
-        \quad(\texttt{centered})\\
-      \hat x &= x / (1-\rho^{t+1}) \text{ for } x = \nu_t, \mu_t
-        \quad(\texttt{bias\_correction}; \text{ else } \hat x = x)\\
-      u &= g / \sqrt{v + \epsilon}
-        \quad\text{or}\quad g / (\sqrt{v} + \epsilon)
-        \quad(\texttt{eps\_in\_sqrt=False})\\
-      \text{no momentum:}\quad s &= -\eta_t u\\
-      \texttt{lr\_in\_momentum=True:}\quad b_t &= \beta b_{t-1} - \eta_t u,
-        \quad s = b_t \;\;(\text{Nesterov: } s = -\eta_t u + \beta b_t)\\
-      \texttt{lr\_in\_momentum=False:}\quad b_t &= \beta b_{t-1} + u,
-        \quad s = -\eta_t b_t \;\;(\text{Nesterov: } s = -\eta_t(u + \beta b_t))\\
-      s &\leftarrow s - \eta_t \lambda_t\,\theta
-        \quad(\texttt{weight\_decay\_mode="decoupled"})
 
   Examples:
     >>> import jax

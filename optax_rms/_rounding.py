@@ -33,6 +33,13 @@ import optax
 from jax import lax
 
 from optax_rms import _hash
+from optax_rms._types import (
+  Array,
+  GradientTransformation,
+  GradientTransformationExtraArgs,
+  OptState,
+  Updates,
+)
 
 # The dtypes whose leaves get a compensation buffer / a stochastic rounding.
 _NARROW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -52,8 +59,8 @@ class KahanSummationState(NamedTuple):
       ``optax_rms.sharding``, and orbax refuses zero-size arrays).
   """
 
-  inner_state: optax.OptState
-  compensation: optax.Updates
+  inner_state: OptState
+  compensation: Updates
 
 
 class StochasticRoundingState(NamedTuple):
@@ -65,8 +72,8 @@ class StochasticRoundingState(NamedTuple):
       leaf's index it picks the random bits of each step.
   """
 
-  inner_state: optax.OptState
-  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
+  inner_state: OptState
+  count: Array  # type: ignore[assignment]  # shadows tuple.count
 
 
 def _check_inner(name: str, inner: Any) -> optax.GradientTransformationExtraArgs:
@@ -191,41 +198,43 @@ def _flat(name: str, updates: Any, params: Any, *others: Any) -> tuple[Any, list
 
 
 def kahan_summation(
-  inner: optax.GradientTransformation,
-) -> optax.GradientTransformationExtraArgs:
-  r"""Kahan-compensated updates of bfloat16 / float16 parameters.
+  inner: GradientTransformation,
+) -> GradientTransformationExtraArgs:
+  """Kahan-compensated updates of bfloat16 / float16 parameters.
 
   For each parameter leaf of a dtype narrower than float32 (bfloat16,
-  float16) a compensation buffer :math:`c` of the parameter's dtype (2 bytes
+  float16) a compensation buffer ``c`` of the parameter's dtype (2 bytes
   per bfloat16 parameter) keeps what the last rounding of that parameter
-  lost. With :math:`u` the inner transformation's update, all arithmetic in
-  float32 and :math:`\operatorname{rnd}` the rounding to nearest in the
+  lost. With ``u`` the inner transformation's update, all arithmetic in
+  float32 and ``rnd`` the rounding to nearest in the
   parameter's dtype:
 
-  .. math::
-    x = p + (u + c),\qquad p' = \operatorname{rnd}(x),\qquad
-    \Delta = p' - p,\qquad c' = \operatorname{rnd}(x - p')
+  ::
 
-  and :math:`\Delta` is returned (in the dtype of :math:`u`), so that
-  ``optax.apply_updates(p, Δ)`` — which computes ``(p + Δ).astype(p.dtype)``
-  — gives :math:`p'`. This is Kahan's compensated summation (Kahan 1965,
+      x  = p + (u + c)
+      p' = rnd(x);    delta = p' - p;    c' = rnd(x - p')
+
+  and ``delta`` is returned (in the dtype of ``u``), so that
+  ``optax.apply_updates(p, delta)`` — which computes
+  ``(p + delta).astype(p.dtype)``
+  — gives ``p'``. This is Kahan's compensated summation (Kahan 1965,
   "Further remarks on reducing truncation errors", Comm. ACM 8(1):40) of the
   parameter's updates, as in Zamirai et al. 2020 ("Revisiting BFloat16
-  Training", arXiv:2010.06192): the pair :math:`(p, c)` carries about twice
+  Training", arXiv:2010.06192): the pair ``(p, c)`` carries about twice
   the dtype's significant bits, so steps far below half an ulp of
-  :math:`p` accumulate in :math:`c` until they move :math:`p`.
+  ``p`` accumulate in ``c`` until they move ``p``.
 
-  **When the parameter lands exactly on** :math:`p'`: whenever
-  :math:`p' - p` is representable in the dtype of :math:`u`. By Sterbenz's
-  lemma it is when :math:`p'` and :math:`p` have the same sign and
-  :math:`p/2 \le p' \le 2p` — every step of a small learning rate except
+  **When the parameter lands exactly on** ``p'``: whenever
+  ``p' - p`` is representable in the dtype of ``u``. By Sterbenz's
+  lemma it is when ``p'`` and ``p`` have the same sign and
+  ``p/2 <= p' <= 2p`` — every step of a small learning rate except
   those that cross zero — and when either is zero. A float32 update (float32
   gradients of bfloat16 parameters) is exact far more widely: in every case
-  but :math:`|p'| < 2^{-15}|p|`. Otherwise (a parameter jumping across zero,
-  or by more than a factor two) :math:`\Delta` is rounded and the parameter
-  lands on a neighbour of :math:`p'`; :math:`c'` is then computed from where
-  it lands, :math:`c' = \operatorname{rnd}(x - \operatorname{rnd}(p +
-  \Delta))`, so nothing is lost: the difference is carried to the next step.
+  but ``|p'| < 2**-15|p|``. Otherwise (a parameter jumping across zero,
+  or by more than a factor two) ``delta`` is rounded and the parameter
+  lands on a neighbour of ``p'``; ``c'`` is then computed from where
+  it lands, ``c' = rnd(x - rnd(p + delta))``, so nothing is lost: the
+  difference is carried to the next step.
   The updates keep the inner updates' dtype, so ``optax.apply_if_finite``,
   ``optax.MultiSteps`` and ``lax.cond`` around this wrapper see the dtypes
   they expect.
@@ -236,10 +245,10 @@ def kahan_summation(
   outermost (around ``optax.chain(...)``, ``pack_small(...)``,
   ``optax.inject_hyperparams(...)``): what comes after it would change the
   update it made exact. ``optax.apply_if_finite(kahan_summation(tx))``
-  skips a step without touching :math:`p` or :math:`c`. A zero inner update
+  skips a step without touching ``p`` or ``c``. A zero inner update
   (``apply_if_finite`` inside) leaves them as they are wherever the last step
-  landed exactly (then :math:`|c| \le` half an ulp of :math:`p`, so
-  :math:`\operatorname{rnd}(p + c) = p`); after an inexact landing it applies
+  landed exactly (then ``|c| <=`` half an ulp of ``p``, so
+  ``rnd(p + c) = p``); after an inexact landing it applies
   the carried difference.
 
   Args:
@@ -321,30 +330,29 @@ def kahan_summation(
 
 
 def stochastic_rounding(
-  inner: optax.GradientTransformation,
+  inner: GradientTransformation,
   seed: int = 0,
-) -> optax.GradientTransformationExtraArgs:
-  r"""Stochastically rounded updates of bfloat16 / float16 parameters.
+) -> GradientTransformationExtraArgs:
+  """Stochastically rounded updates of bfloat16 / float16 parameters.
 
   For each parameter leaf of a dtype narrower than float32 (bfloat16,
-  float16), with :math:`u` the inner transformation's update and
-  :math:`x = p + u` computed in float32, the new parameter is one of the two
-  neighbours :math:`x_\downarrow \le x \le x_\uparrow` in the parameter's
+  float16), with ``u`` the inner transformation's update and
+  ``x = p + u`` computed in float32, the new parameter is one of the two
+  neighbours ``x_down <= x <= x_up`` in the parameter's
   dtype, drawn independently per element:
 
-  .. math::
-    p' = \begin{cases} x_\uparrow & \text{with probability }
-    (x - x_\downarrow) / (x_\uparrow - x_\downarrow) \\
-    x_\downarrow & \text{otherwise} \end{cases}
-    \qquad\text{so}\qquad \mathbb{E}[p'] = x
+  ::
+
+      p' = x_up     with probability (x - x_down) / (x_up - x_down)
+      p' = x_down   otherwise,          so that E[p'] = x
 
   exactly (the probability is compared with 32 random bits as an integer,
   with no rounding). A step far below half an ulp still moves the parameter
   by a whole ulp now and then, as often as makes it right on average
   (Gupta et al. 2015, "Deep Learning with Limited Numerical Precision";
   Zamirai et al. 2020, "Revisiting BFloat16 Training", arXiv:2010.06192).
-  The difference :math:`p' - p` is returned, in the dtype of :math:`u`, so
-  that ``optax.apply_updates`` lands on :math:`p'` (exactly under the
+  The difference ``p' - p`` is returned, in the dtype of ``u``, so
+  that ``optax.apply_updates`` lands on ``p'`` (exactly under the
   conditions given in :func:`kahan_summation`; elsewhere, on its nearest
   neighbour).
 

@@ -28,6 +28,7 @@ import optax
 from optax_rms import _checks
 from optax_rms._ema import ema_params
 from optax_rms._rmsprop import rmsprop
+from optax_rms._types import GradientTransformationExtraArgs
 
 __all__ = ["keras", "mxnet", "pytorch", "tf1", "timm"]
 
@@ -79,14 +80,15 @@ def pytorch(
   centered: bool = False,
   maximize: bool = False,
   **state_storage: Any,
-) -> optax.GradientTransformationExtraArgs:
-  r"""``torch.optim.RMSprop``.
+) -> GradientTransformationExtraArgs:
+  """``torch.optim.RMSprop``.
 
-  .. math::
-    g \leftarrow \pm g + \lambda\theta;\quad
-    \nu \leftarrow \alpha\nu + (1-\alpha)g^2;\quad
-    u = g / (\sqrt{\nu\,[-\,\mu^2]} + \epsilon);\quad
-    b \leftarrow \beta b + u;\quad \theta \leftarrow \theta - \eta_t b
+  Per step (``[- mu**2]`` only when centered)::
+
+      g  = ±g + weight_decay * p
+      nu = alpha * nu + (1 - alpha) * g**2
+      u  = g / (sqrt(nu [- mu**2]) + eps)
+      b  = momentum * b + u;    p = p - lr * b
 
   eps outside the square root, ``nu`` starts at 0, weight decay is coupled
   (L2, enters the statistics), and the learning rate multiplies the momentum
@@ -174,14 +176,15 @@ def keras(
   loss_scale_factor: float | None = None,
   gradient_accumulation_steps: int | None = None,
   **state_storage: Any,
-) -> optax.GradientTransformationExtraArgs:
-  r"""Keras 3 ``keras.optimizers.RMSprop``.
+) -> GradientTransformationExtraArgs:
+  """Keras 3 ``keras.optimizers.RMSprop``.
 
-  .. math::
-    \nu \leftarrow \rho\nu + (1-\rho)g^2;\quad
-    u = \eta_t g / \sqrt{\nu\,[-\,\mu^2] + \epsilon};\quad
-    b \leftarrow \beta b + u;\quad
-    \theta \leftarrow \theta - \eta_t\lambda\theta - b
+  Per step (``[- mu**2]`` only when centered)::
+
+      nu = rho * nu + (1 - rho) * g**2
+      u  = lr * g / sqrt(nu [- mu**2] + epsilon)
+      b  = momentum * b + u
+      p  = p - lr * weight_decay * p - b
 
   eps inside the square root, ``nu`` starts at 0, the learning rate enters the
   momentum buffer, weight decay is decoupled (``theta -= lr * wd * theta``
@@ -324,13 +327,14 @@ def tf1(
   epsilon: float = 1e-10,
   centered: bool = False,
   **state_storage: Any,
-) -> optax.GradientTransformationExtraArgs:
-  r"""TensorFlow 1 ``tf.compat.v1.train.RMSPropOptimizer``.
+) -> GradientTransformationExtraArgs:
+  """TensorFlow 1 ``tf.compat.v1.train.RMSPropOptimizer``.
 
-  .. math::
-    \nu_0 = 1;\quad \nu \leftarrow \rho\nu + (1-\rho)g^2;\quad
-    b \leftarrow \beta b + \eta_t g / \sqrt{\nu\,[-\,\mu^2] + \epsilon};\quad
-    \theta \leftarrow \theta - b
+  Per step (``[- mu**2]`` only when centered)::
+
+      nu = 1 at the start;      nu = decay * nu + (1 - decay) * g**2
+      b  = momentum * b + lr * g / sqrt(nu [- mu**2] + epsilon)
+      p  = p - b
 
   The accumulator starts at 1 (not 0), eps is inside the square root and the
   learning rate enters the momentum buffer. This is the optimizer of the
@@ -389,20 +393,24 @@ def mxnet(
   wd: float = 0.0,
   clip_gradient: float | None = None,
   **state_storage: Any,
-) -> optax.GradientTransformationExtraArgs:
-  r"""MXNet 1.9 ``mx.optimizer.RMSProp``.
+) -> GradientTransformationExtraArgs:
+  """MXNet 1.9 ``mx.optimizer.RMSProp``.
 
-  .. math::
-    g \leftarrow \mathrm{clip}(r\,g + \lambda\theta, \pm c);\quad
-    \nu \leftarrow \gamma_1\nu + (1-\gamma_1)g^2;\quad
-    \theta \leftarrow \theta - \eta_t\, g / \sqrt{\nu + \epsilon}
+  Per step::
+
+      g  = clip(rescale_grad * g + wd * p, ±clip_gradient)
+      nu = gamma1 * nu + (1 - gamma1) * g**2
+      p  = p - lr * g / sqrt(nu + epsilon)
 
   (Tieleman & Hinton). With ``centered=True`` it is Graves (2013) eq. 38-45,
-  with ``gamma2`` the momentum: :math:`\mu \leftarrow \gamma_1\mu +
-  (1-\gamma_1)g`, :math:`\delta \leftarrow \gamma_2\delta - \eta_t g /
-  \sqrt{\nu - \mu^2 + \epsilon}`, :math:`\theta \leftarrow \theta + \delta`.
+  with ``gamma2`` the momentum::
+
+      mu    = gamma1 * mu + (1 - gamma1) * g
+      delta = gamma2 * delta - lr * g / sqrt(nu - mu**2 + epsilon)
+      p     = p + delta
+
   ``gamma2`` is unused when not centered, as in MXNet. ``rescale_grad``
-  multiplies the gradient, ``wd`` adds :math:`\lambda\theta` (coupled) and
+  multiplies the gradient, ``wd`` adds ``wd * p`` (coupled) and
   ``clip_gradient`` clips the result elementwise, in that order, before the
   statistics; ``clip_weights`` clips the parameters after the update (so
   ``update`` needs ``params``).
@@ -463,19 +471,19 @@ def timm(
   decoupled_decay: bool = False,
   lr_in_momentum: bool = True,
   **state_storage: Any,
-) -> optax.GradientTransformationExtraArgs:
-  r"""timm's ``RMSpropTF`` (TensorFlow-style RMSprop in PyTorch).
+) -> GradientTransformationExtraArgs:
+  """timm's ``RMSpropTF`` (TensorFlow-style RMSprop in PyTorch).
 
-  .. math::
-    \nu_0 = 1;\quad g \leftarrow g + \lambda\theta \text{ (coupled)};\quad
-    \nu \leftarrow \alpha\nu + (1-\alpha)g^2;\quad
-    u = g / \sqrt{\nu\,[-\,\mu^2] + \epsilon}
+  Per step (``[- mu**2]`` only when centered)::
 
-  then, with momentum, :math:`b \leftarrow \beta b + \eta_t u;\ \theta
-  \leftarrow \theta - b` (``lr_in_momentum=True``) or :math:`b \leftarrow
-  \beta b + u;\ \theta \leftarrow \theta - \eta_t b`; with
+      nu = 1 at the start;      g = g + weight_decay * p     (coupled)
+      nu = alpha * nu + (1 - alpha) * g**2
+      u  = g / sqrt(nu [- mu**2] + eps)
+
+  then, with momentum, ``b = momentum * b + lr * u; p = p - b``
+  (``lr_in_momentum=True``) or ``b = momentum * b + u; p = p - lr * b``; with
   ``decoupled_decay`` the parameters are first scaled by
-  :math:`1 - \eta_t\lambda`.
+  ``1 - lr * weight_decay``.
 
   ``**state_storage``: the state-storage keywords of ``optax_rms.rmsprop``
   (``nu_dtype``, ``mu_dtype``, ``momentum_dtype``, ``nu_quantization``,

@@ -47,7 +47,9 @@ def _toctree_entries(text):
   entries = set()
   for block in text.split("\n.. ")[1:]:
     if block.startswith("toctree::"):
-      entries |= set(re.findall(r"^   (optax_rms[\w.]*)$", block, flags=re.MULTILINE))
+      entries |= set(
+        re.findall(r"^   (?:[\w.]+ <)?(optax_rms[\w.]*)>?$", block, flags=re.MULTILINE)
+      )
   return entries
 
 
@@ -123,3 +125,62 @@ def test_copied_pages_keep_their_links(conf):
     "[a](benchmarks/results/H200/step.md#x) [b](porting.md) "
     "[c](../examples/quickstart.py)"
   )
+
+
+def _toctree_blocks(text):
+  """The entries of each ```{toctree} block of a Markdown page."""
+  blocks = re.findall(r"```\{toctree\}\n(.*?)```", text, flags=re.S)
+  return [
+    [line for line in b.splitlines() if line and not line.startswith(":")]
+    for b in blocks
+  ]
+
+
+def _tree(root, names):
+  for name in names:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {path.stem}\n")
+
+
+@pytest.mark.parametrize("layout", ["by-machine", "flat"])
+def test_one_benchmarks_section_lists_every_results_page(
+  conf, tmp_path, monkeypatch, layout
+):
+  """The sidebar has one Benchmarks entry: its page's toctrees reach the
+  README and every results page, grouped by machine (benchmarks/results/
+  <machine>/), or, in the older flat layout, every RESULTS*.md."""
+  if layout == "by-machine":
+    results = [
+      "results/H200/step.md",
+      "results/cpu-2core/step.md",
+      "results/cpu-2core/accuracy.md",
+    ]
+  else:
+    results = ["RESULTS.md", "RESULTS_H200.md"]
+  notes = ["train_step/README.md"]
+  _tree(tmp_path / "benchmarks", ["README.md", *results, *notes])
+  monkeypatch.setattr(conf, "ROOT", tmp_path)
+  text = conf.benchmarks_index()
+  entries = [e for block in _toctree_blocks(text) for e in block]
+  expected = [
+    "How the suites measure <README>",
+    *(r.removesuffix(".md") for r in [*results, *notes]),
+  ]
+  assert sorted(entries) == sorted(expected)
+  if layout == "by-machine":
+    assert "## H200\n" in text and "## cpu-2core\n" in text
+
+
+def test_api_math_pages_belong_to_public_names(conf):
+  """docs/_api_math/<name>.rst is appended to <name>'s API page: every such
+  file names a public callable (a renamed function would lose its math)."""
+  pages = conf.api_pages()
+  files = sorted(conf.API_MATH.glob("*.rst"))
+  assert files, "no math files: the API pages would show no formulas"
+  for path in files:
+    assert f"{path.stem}.rst" in pages, path.name
+    assert ".. math::" in path.read_text()
+  lines = ["docstring"]
+  conf._append_math(None, "function", "optax_rms.rmsprop", None, None, lines)
+  assert ".. math::" in lines and lines[0] == "docstring"
