@@ -43,7 +43,7 @@ compute in float32), and ``--rounding`` picks how an update lands on them:
   python examples/train_lm.py --variant centered-momentum --state 8bit-all
   python examples/train_lm.py --param-dtype bfloat16 --rounding kahan
 
-benchmarks/accuracy_8bit.py trains it with every state mode side by side.
+benchmarks/accuracy/run.py trains it with every state mode side by side.
 """
 
 from __future__ import annotations
