@@ -774,3 +774,25 @@ def test_bf16_params_lm_benchmark_runs_every_row(tmp_path):
     per_seed = row.split(" | ")[1].split()
     assert len(per_seed) == 2 and all(np.isfinite(float(v)) for v in per_seed), row
   assert "| +0.00% (+0.00% to +0.00%) |" in rows[1]
+
+
+@pytest.mark.parametrize("seed", [2**31 - 1, 2**31, 2**32 - 1])
+def test_stochastic_rounding_takes_every_documented_seed(seed):
+  """Seeds in [2**31, 2**32) are documented and accepted; their updates
+  once raised OverflowError (the seed went through an int32). The seeds
+  below 2**31 keep their random bits (the hash of seed 2**31 - 1 is the
+  int32 path's, as before), and 2**31 draws differently from 0 (the seed is
+  not truncated to 31 bits)."""
+  p = jnp.ones(512, BF16)
+  u = jnp.full(512, 2.0**-9, jnp.float32)
+
+  def draw(seed):
+    tx = optax_rms.stochastic_rounding(optax.identity(), seed=seed)
+    updates, _ = tx.update(u, tx.init(p), p)
+    return np.asarray(updates)
+
+  got = draw(seed)
+  assert 0 < (got != 0).mean() < 1
+  assert (got != draw(seed - 2**31 if seed >= 2**31 else seed + 1)).any()
+  key = _rounding._hash.key(seed, jnp.int32(0), 0)
+  assert int(key) == int(_rounding._hash.key(jnp.uint32(seed), jnp.int32(0), 0))
