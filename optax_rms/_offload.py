@@ -23,6 +23,8 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from optax_rms import _checks
+
 __all__ = ["HostOffloadState", "host_offload"]
 
 # The one host memory kind that jit can place an array in (jax.memory.Space.Host).
@@ -195,6 +197,8 @@ def host_offload(
     >>> print(f"{params['w'][0, 0]:.4f}")
     0.9684
   """
+  name = "optax_rms.host_offload"
+  _checks.check_inner(name, inner)
   memory_kind = _check_offload_kind(memory_kind)
   inner = optax.with_extra_args_support(inner)
   host = jax.memory.Space.Host  # the space of kind _JIT_HOST_KIND
@@ -208,6 +212,7 @@ def host_offload(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, HostOffloadState]:
+    _checks.check_wrapper_state(name, state, HostOffloadState)
     on_device = jax.device_put(state.inner_state, jax.memory.Space.Device)
     updates, new_state = inner.update(updates, on_device, params, **extra_args)
     return updates, HostOffloadState(jax.device_put(new_state, host))

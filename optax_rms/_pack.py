@@ -10,16 +10,15 @@ saves, and XLA compiles one concatenation of a thousand operands slowly.
 leaves. The numbers are those of the inner transformation, leaf for leaf.
 """
 
-
 import functools
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+
+from optax_rms import _checks
 
 
 @jax.tree_util.register_pytree_with_keys_class
@@ -91,14 +90,6 @@ class _Layout(NamedTuple):
     return tuple(((i, self.shapes[i]),) for i in self.large) + tuple(
       tuple((i, self.shapes[i]) for i in group) for group in self.groups
     )
-
-
-def _check_count(name: str, value: Any, low: int) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
-  if value < low:
-    raise ValueError(f"{name} must be >= {low}, got {value}.")
-  return int(value)
 
 
 def _layout(leaves: list[Any], treedef: Any, max_size: int, max_leaves: int) -> _Layout:
@@ -230,8 +221,12 @@ def pack_small(
     >>> [x.shape for x in state.nu.small]  # "b", packed; "w" is left as is
     [(512,)]
   """
-  max_size = _check_count("max_size", max_size, 0)
-  max_leaves = _check_count("max_leaves", max_leaves, 1)
+  name = "optax_rms.pack_small"
+  _checks.check_inner(name, inner)
+  # No int32 bound: both are compared with leaf sizes in Python only.
+  check = functools.partial(_checks.check_int_in, high=None, what=name)
+  max_size = check("max_size", max_size, low=0)
+  max_leaves = check("max_leaves", max_leaves, low=1)
   inner = optax.with_extra_args_support(inner)
 
   def pack(tree: Any) -> tuple[PackedLeaves, _Layout]:

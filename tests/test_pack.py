@@ -199,10 +199,10 @@ def test_extra_args_reach_inner():
 @pytest.mark.parametrize(
   "kw, error, match",
   [
-    (dict(max_size=-1), ValueError, "max_size must be >= 0"),
+    (dict(max_size=-1), ValueError, "max_size must be an int >= 0"),
     (dict(max_size=4.0), TypeError, "max_size must be an int"),
     (dict(max_size=True), TypeError, "max_size must be an int"),
-    (dict(max_leaves=0), ValueError, "max_leaves must be >= 1"),
+    (dict(max_leaves=0), ValueError, "max_leaves must be an int >= 1"),
     (dict(max_leaves=None), TypeError, "max_leaves must be an int"),
   ],
   ids=["size-negative", "size-float", "size-bool", "leaves-zero", "leaves-none"],
