@@ -164,6 +164,33 @@ def _check_state_layout(state: Any, updates: Any, layout: _Layout) -> None:
     )
 
 
+def _brief(treedef: Any) -> str:
+  text = str(treedef)
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_state_structure(state: Any, expected: Any) -> None:
+  """TypeError where ``state``'s tree is not ``expected``, the tree of the
+  state ``init`` returns for these parameters (a state of another
+  transformation, or of ``inner`` on the unpacked parameters)."""
+  got = jax.tree.structure(state)
+  if got == expected:
+    return
+  hint = (
+    " (a checkpoint restored without a target? Restore with "
+    "jax.eval_shape(tx.init, params) as the target.)"
+    if isinstance(state, dict)
+    else " (the state of the inner transformation without pack_small, or of "
+    "another transformation?)"
+  )
+  raise TypeError(
+    f"optax_rms.pack_small: expected the state its init returns for these "
+    f"parameters (the inner state of the packed tree), got "
+    f"{type(state).__name__} with the tree {_brief(got)}; expected the tree "
+    f"{_brief(expected)}{hint}"
+  )
+
+
 def pack_small(
   inner: optax.GradientTransformation,
   *,
@@ -238,6 +265,15 @@ def pack_small(
   def init_fn(params: optax.Params) -> optax.OptState:
     return inner.init(pack(params)[0])
 
+  # The tree of init's state for each layout (shapes and dtypes): an update
+  # checks its state against it. Traced once per layout.
+  structures: dict[_Layout, Any] = {}
+
+  def state_structure(packed: PackedLeaves, layout: _Layout) -> Any:
+    if layout not in structures:
+      structures[layout] = jax.tree.structure(jax.eval_shape(inner.init, packed))
+    return structures[layout]
+
   def update_fn(
     updates: optax.Updates,
     state: optax.OptState,
@@ -249,13 +285,14 @@ def pack_small(
       params_packed, params_layout = pack(params)
       if params_layout != layout:
         raise ValueError(
-          "pack_small: the parameters and the gradients differ in tree, shape "
+          f"{name}: the parameters and the gradients differ in tree, shape "
           f"or dtype.\n  gradients:  {layout.treedef}\n  parameters: "
           f"{params_layout.treedef}"
         )
     else:
       params_packed = None
     _check_state_layout(state, updates, layout)
+    _check_state_structure(state, state_structure(packed, layout))
     new, state = inner.update(packed, state, params_packed, **extra_args)
     return _unpack(new, layout), state
 

@@ -222,6 +222,19 @@ _KERAS_OPTION_ERRORS = [
   (dict(use_ema=1), TypeError, r"use_ema", False),
   (dict(ema_momentum=2.0), ValueError, r"ema_momentum", False),
   (dict(use_ema=True, ema_overwrite_frequency=True), TypeError, r"ema_over", False),
+  # Past the int32 step counters (once an OverflowError at the first update).
+  (
+    dict(gradient_accumulation_steps=2**31),
+    ValueError,
+    r"gradient_accumulation_steps must be an int in \[2, 2\*\*31 - 1\]",
+    False,
+  ),
+  (
+    dict(use_ema=True, ema_overwrite_frequency=2**31),
+    ValueError,
+    r"ema_overwrite_frequency must be an int in \[1, 2\*\*31 - 1\]",
+    False,
+  ),
 ]
 
 
