@@ -49,10 +49,8 @@ def _assert_bits_equal(actual, desired, err_msg="", zero_sign=True):
   any NaN (payloads may differ)."""
   actual, desired = np.asarray(actual), np.asarray(desired)
   assert actual.dtype == desired.dtype, (actual.dtype, desired.dtype)
-  nan = lambda a: (
-    np.isnan(a.astype(np.complex64))
-    if a.dtype.kind == "c"
-    else (np.isnan(a.astype(np.float32)))
+  nan = lambda a: np.isnan(a.astype(np.complex64)) if a.dtype.kind == "c" else (
+    np.isnan(a.astype(np.float32))
   )
   same = (_bits(actual) == _bits(desired)) | (nan(actual) & nan(desired))
   if not zero_sign:
@@ -158,20 +156,9 @@ def _corner_cases(dtype, rng):
   small, subnormal, zero), crossing zero, and cancelling."""
   finfo = jnp.finfo(dtype)
   mags = np.array(
-    [
-      0.0,
-      float(finfo.smallest_subnormal),
-      float(finfo.smallest_subnormal) * 37,
-      float(finfo.smallest_normal),
-      1e-30 if dtype == BF16 else 1e-6,
-      1e-3,
-      0.5,
-      1.0,
-      1.5,
-      3.0,
-      1e4,
-      float(finfo.max) / 4,
-    ],
+    [0.0, float(finfo.smallest_subnormal), float(finfo.smallest_subnormal) * 37,
+     float(finfo.smallest_normal), 1e-30 if dtype == BF16 else 1e-6, 1e-3, 0.5,
+     1.0, 1.5, 3.0, 1e4, float(finfo.max) / 4],
     np.float32,
   )
   p = np.concatenate([mags, -mags])
@@ -256,11 +243,8 @@ def test_kahan_lands_exactly_on_the_rounded_sum(dtype, update_dtype, fused):
   sterbenz = finite & (
     (p64 == 0)
     | (q64 == 0)
-    | (
-      (np.sign(p64) == np.sign(q64))
-      & (np.abs(q64) <= 2 * np.abs(p64))
-      & (np.abs(p64) <= 2 * np.abs(q64))
-    )
+    | ((np.sign(p64) == np.sign(q64)) & (np.abs(q64) <= 2 * np.abs(p64))
+       & (np.abs(p64) <= 2 * np.abs(q64)))
   )
   assert (exact | ~sterbenz).all(), "Sterbenz's lemma: these differences are exact"
   assert exact.sum() > 0.6 * p.size
@@ -575,10 +559,7 @@ def test_jit_sharded_matches_unsharded_and_buffers_follow_params(wrap, axis_type
   mirrored = sharding.state_shardings(tx, jax.device_put(params, shardings))
   if isinstance(mirrored, optax_rms.KahanSummationState):
     assert {k: s.spec for k, s in mirrored.compensation.items()} == {
-      "w": P("data", "model"),
-      "b": P("model"),
-      "f32": P(),
-      "c64": P(),
+      "w": P("data", "model"), "b": P("model"), "f32": P(), "c64": P()
     }
     placed = jax.device_put(params, shardings)
     zero1 = sharding.zero1_state_shardings(tx, placed, "data")
