@@ -83,13 +83,22 @@ def ema_params(
     inner: the transformation whose parameters are averaged.
     decay: :math:`\beta`, in [0, 1] (Keras' ``ema_momentum``).
     overwrite_every: replace the parameters by the average every this many
-      applied steps (an int >= 1), or never (None).
-    accumulation_steps: calls per applied step of ``inner`` (an int >= 1).
+      applied steps (an int in ``[1, 2**31 - 1]``, the step counter's range),
+      or never (None).
+    accumulation_steps: calls per applied step of ``inner`` (an int in
+      ``[1, 2**31 - 1]``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
     `EmaParamsState`; ``update`` needs ``params``, and passes extra
     arguments to ``inner``.
+
+  Raises:
+    TypeError: ``inner`` is not a transformation, or ``overwrite_every`` /
+      ``accumulation_steps`` not an int; at ``update``, a state that is not
+      an `EmaParamsState`.
+    ValueError: ``decay``, ``overwrite_every`` or ``accumulation_steps`` out
+      of its range.
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_rms

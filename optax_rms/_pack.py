@@ -240,6 +240,15 @@ def pack_small(
     An ``optax.GradientTransformationExtraArgs``; extra arguments are passed
     to ``inner``.
 
+  Raises:
+    TypeError: ``inner`` is not a transformation, ``max_size`` or
+      ``max_leaves`` not an int; at ``update``, a state whose tree is not the
+      one ``init`` makes for these parameters (e.g. ``inner``'s own state of
+      the unpacked parameters).
+    ValueError: ``max_size`` < 0 or ``max_leaves`` < 1; at ``update``,
+      parameters and gradients of different trees, or a state packed for
+      other shapes.
+
   Example:
     >>> import jax.numpy as jnp, optax, optax_rms
     >>> params = {"w": jnp.ones((512, 512)), "b": jnp.zeros(512)}

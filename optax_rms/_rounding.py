@@ -239,7 +239,8 @@ def kahan_summation(
 
   Raises:
     TypeError: ``inner`` is not a transformation; at ``init``, a parameter of
-      a float8 (or other sub-16-bit) dtype.
+      a float8 (or other sub-16-bit) dtype; at ``update``, a state that is
+      not a :class:`KahanSummationState`.
 
   Examples:
     Steps of 1e-3 on bfloat16 weights at 1.0 (half an ulp there is 3.9e-3)
@@ -360,8 +361,9 @@ def stochastic_rounding(
 
   Raises:
     TypeError: ``inner`` is not a transformation or ``seed`` not an int; at
-      ``init``, a parameter of a float8 (or other sub-16-bit) dtype.
-    ValueError: ``seed`` out of range.
+      ``init``, a parameter of a float8 (or other sub-16-bit) dtype; at
+      ``update``, a state that is not a :class:`StochasticRoundingState`.
+    ValueError: ``seed`` outside ``[0, 2**32 - 1]``.
 
   Examples:
     Steps of 1e-3 on 1000 bfloat16 weights at 1.0: each moves by a whole

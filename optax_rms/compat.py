@@ -196,11 +196,11 @@ def keras(
     differentiate ``loss * loss_scale_factor``, as Keras' ``train_step`` does
     (the point is to keep small float16 gradients from underflowing), or the
     gradients are shrunk by the factor.
-  - ``gradient_accumulation_steps=k`` (None, or an int >= 2 as Keras asks):
-    the gradients of ``k`` consecutive calls are summed and the update, on
-    every ``k``-th call, takes their sum divided by ``k`` (clipped, then weight
-    decay and the RMSprop step, all on that call); the other calls return
-    zero updates and leave the statistics as they are. This is
+  - ``gradient_accumulation_steps=k`` (None, or an int in ``[2, 2**31 - 1]``;
+    Keras asks for >= 2): the gradients of ``k`` consecutive calls are summed
+    and the update, on every ``k``-th call, takes their sum divided by ``k``
+    (clipped, then weight decay and the RMSprop step, all on that call); the
+    other calls return zero updates and leave the statistics as they are. This is
     ``optax.MultiSteps(..., use_grad_mean=False)`` with the division by ``k``
     inside (MultiSteps' default running mean rounds differently from Keras'
     sum / k). As in Keras, a learning-rate schedule is evaluated at the
