@@ -608,9 +608,10 @@ def check_int_in(
     raise TypeError(
       f"{prefix}{name} must be {allowed}, got {type(value).__name__} {value!r}."
     )
-  if value < low or (high is not None and value > high):
+  number = int(value)
+  if number < low or (high is not None and number > high):
     raise ValueError(f"{prefix}{name} must be {allowed}, got {value!r}.")
-  return int(value)
+  return number
 
 
 def _int_text(n: int) -> str:

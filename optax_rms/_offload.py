@@ -18,6 +18,7 @@ is refused.
 """
 
 import sys
+import types
 from typing import Any, NamedTuple
 
 import jax
@@ -148,7 +149,8 @@ def _tracing_jit_info() -> tuple[Any, Any] | None:
   otherwise. None outside ``jit``, or where jax's internals differ (then
   nothing is checked).
   """
-  frame, found = sys._getframe(1), None
+  frame: types.FrameType | None = sys._getframe(1)
+  found = None
   while frame is not None:
     code = frame.f_code
     if code.co_name == "_trace_for_jit" and frame.f_globals.get("__name__") == (
