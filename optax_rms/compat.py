@@ -551,6 +551,7 @@ def timm(
   _checks.check_range("alpha", alpha, low=0.0, high=1.0, high_open=True)
   _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
   _checks.check_range("weight_decay", weight_decay, low=0.0)
+  _checks.check_bool("decoupled_decay", decoupled_decay)
   return rmsprop(
     lr,
     decay=alpha,

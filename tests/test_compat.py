@@ -191,6 +191,13 @@ def test_compat_validates_with_the_frameworks_names(ctor, kwargs, pattern):
     ctor(**kwargs)
 
 
+def test_a_preset_only_flag_must_be_a_bool():
+  """timm's decoupled_decay is the presets' own (not passed on to rmsprop,
+  which checks its flags): "no" once meant decoupled decay."""
+  with pytest.raises(TypeError, match=r"decoupled_decay must be a bool, got str"):
+    compat.timm(weight_decay=1e-4, decoupled_decay="no")
+
+
 def test_bare_presets_keep_one_flat_state():
   params = {"w": jnp.ones(3)}
   for tx in (
