@@ -409,6 +409,41 @@ def test_a_donated_step_without_out_shardings_is_a_python_error():
   assert "state_shardings(tx, params, memory_kind='pinned_host')" in error.group()
 
 
+_EXPLICIT_MESH_STEP = """
+import jax, jax.numpy as jnp, optax_rms
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Explicit,))
+with jax.set_mesh(mesh):
+  tx = optax_rms.host_offload(optax_rms.rmsprop(0.01, momentum=0.9))
+  params = jax.device_put({"w": jnp.ones((16, 64))}, NamedSharding(mesh, P()))
+  state = tx.init(params)
+
+  def step(params, state):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    return updates, state
+
+  f = jax.jit(step, donate_argnums=(1,))
+  for _ in range(2):
+    updates, state = f(params, state)
+  print(sorted({x.sharding.memory_kind for x in jax.tree.leaves(state)}))
+"""
+
+
+def test_on_an_explicit_mesh_a_donated_step_needs_no_out_shardings():
+  """There jit derives each output's sharding, memory kind included, and
+  pairs donated buffers by memory: the check above lets such a step run.
+  In a subprocess, as above, in case a jax version aborts."""
+  run = subprocess.run(
+    [sys.executable, "-c", _EXPLICIT_MESH_STEP],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+  assert run.stdout.strip().splitlines()[-1] == "['pinned_host']"
+
+
 def test_a_step_that_donates_nothing_needs_no_out_shardings():
   """The control: without donation a plain jax.jit step is fine."""
   tx = optax_rms.host_offload(optax_rms.rmsprop(0.01, momentum=0.9))
