@@ -65,8 +65,7 @@ def check_memory_kind(memory_kind: Any, device: Any, name: str = "memory_kind") 
     ``memory_kind``.
 
   Raises:
-    TypeError: ``inner`` is not a transformation, ``memory_kind`` is not a
-      str; at ``update``, a state that is not a `HostOffloadState`.
+    TypeError: ``memory_kind`` is not a str.
     ValueError: the device has no memory of that kind (its kinds listed).
   """
   if not isinstance(memory_kind, str):
@@ -241,7 +240,8 @@ def host_offload(
     `HostOffloadState`; extra arguments are passed to ``inner``.
 
   Raises:
-    TypeError: ``memory_kind`` is not a str.
+    TypeError: ``inner`` is not a transformation, ``memory_kind`` is not a
+      str; at ``update``, a state that is not a `HostOffloadState`.
     ValueError: the default device has no memory of that kind (its kinds are
       listed), the backend has no ``pinned_host`` memory (the backend named),
       or the kind is the device's own memory or one jit cannot place arrays in;
