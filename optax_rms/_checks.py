@@ -538,3 +538,94 @@ def check_state_matches(what: str, updates: Any, state: Any) -> None:
           f"{shape} but its gradient has shape {grad_shape} (was the "
           "state initialised from other parameters?)."
         )
+
+
+# --- The wrappers' contract (host_offload, ema_params, kahan_summation,
+# stochastic_rounding, pack_small, compat presets): one refusal for each kind
+# of bad input. Kept together, for the wrappers only.
+
+INT32_MAX = 2**31 - 1  # the largest value of the int32 step counters
+
+
+def check_inner(name: str, inner: Any) -> None:
+  """TypeError unless ``inner`` is an optax transformation.
+
+  ``name`` is the wrapper's public name (``"optax_rms.host_offload"``). An
+  optax transformation is anything with callable ``init`` and ``update``
+  (``GradientTransformation``, ``GradientTransformationExtraArgs``, or a
+  user's own NamedTuple of the two); a common slip is passing the
+  constructor (``optax.sgd``) instead of a built one (``optax.sgd(0.1)``).
+  """
+  methods = (getattr(inner, "init", None), getattr(inner, "update", None))
+  if not all(map(callable, methods)):
+    hint = ""
+    if callable(inner) and not isinstance(inner, type):
+      hint = " (a function: call it to build the transformation, e.g. optax.sgd(0.1))"
+    raise TypeError(
+      f"{name}: inner must be an optax.GradientTransformation (with init and "
+      f"update), got {_wrapper_type_name(inner)} {_wrapper_brief(inner)}{hint}."
+    )
+
+
+def check_wrapper_state(name: str, state: Any, state_type: type) -> None:
+  """TypeError unless ``state`` is a ``state_type`` (the wrapper's own state).
+
+  ``name`` is the wrapper's public name. A dict is what a checkpoint
+  restored without a target gives: the message says how to restore one.
+  """
+  if isinstance(state, state_type):
+    return
+  qualified = f"optax_rms.{state_type.__name__}"
+  if isinstance(state, dict):
+    raise TypeError(
+      f"{name}: expected the state its init returns, an {qualified}, got a dict "
+      f"with keys {sorted(map(str, state))} (a checkpoint restored without a "
+      "target?). Restore with the state's structure as the target, e.g. "
+      "ckptr.restore(path, jax.eval_shape(tx.init, params)) with orbax."
+    )
+  raise TypeError(
+    f"{name}: expected the state its init returns, an {qualified}, got "
+    f"{_wrapper_type_name(state)} {_wrapper_brief(state)} (the state of "
+    "another transformation, or of the inner one without this wrapper?)."
+  )
+
+
+def check_int_in(
+  name: str, value: Any, *, low: int, high: int | None = INT32_MAX, what: str = ""
+) -> int:
+  """``value`` as an int; TypeError unless an int (not a bool), ValueError
+  outside ``[low, high]`` (``high=None``: no upper bound). The message names
+  ``name``, the range and the value, prefixed by ``what`` (the function's
+  public name) when given. The default ``high`` is the int32 step counters'
+  largest value: a larger count, period or number of steps cannot be
+  compared with them on the device."""
+  prefix = f"{what}: " if what else ""
+  if high is None:
+    allowed = f"an int >= {low}"
+  else:
+    allowed = f"an int in [{low}, {_int_text(high)}]"
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise TypeError(
+      f"{prefix}{name} must be {allowed}, got {type(value).__name__} {value!r}."
+    )
+  number = int(value)
+  if number < low or (high is not None and number > high):
+    raise ValueError(f"{prefix}{name} must be {allowed}, got {value!r}.")
+  return number
+
+
+def _int_text(n: int) -> str:
+  """``2**31 - 1`` for 2147483647 (a power of two less one), else the digits."""
+  bits = (n + 1).bit_length() - 1
+  return f"2**{bits} - 1" if bits >= 16 and n + 1 == 2**bits else str(n)
+
+
+def _wrapper_type_name(x: Any) -> str:
+  module = type(x).__module__
+  name = type(x).__qualname__
+  return name if module == "builtins" else f"{module}.{name}"
+
+
+def _wrapper_brief(x: Any) -> str:
+  text = repr(x)
+  return text if len(text) <= 120 else text[:117] + "..."

@@ -92,13 +92,22 @@ def ema_params(
     inner: the transformation whose parameters are averaged.
     decay: the average's decay, in [0, 1] (Keras' ``ema_momentum``).
     overwrite_every: replace the parameters by the average every this many
-      applied steps (an int >= 1), or never (None).
-    accumulation_steps: calls per applied step of ``inner`` (an int >= 1).
+      applied steps (an int in ``[1, 2**31 - 1]``, the step counter's range),
+      or never (None).
+    accumulation_steps: calls per applied step of ``inner`` (an int in
+      ``[1, 2**31 - 1]``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
     `EmaParamsState`; ``update`` needs ``params``, and passes extra
     arguments to ``inner``.
+
+  Raises:
+    TypeError: ``inner`` is not a transformation, or ``overwrite_every`` /
+      ``accumulation_steps`` not an int; at ``update``, a state that is not
+      an `EmaParamsState`.
+    ValueError: ``decay``, ``overwrite_every`` or ``accumulation_steps`` out
+      of its range.
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_rms
@@ -112,13 +121,15 @@ def ema_params(
     >>> print(f"{w:.3f} {ema:.3f}")  # ema = 0.5 * 0.9 + 0.5 * 0.8
     0.800 0.850
   """
+  name = "optax_rms.ema_params"
+  _checks.check_inner(name, inner)
   _checks.check_range("decay", decay, low=0.0, high=1.0)
   if overwrite_every is not None:
-    overwrite_every = _checks.check_int(
-      "overwrite_every", overwrite_every, low=1, allowed="an int >= 1 or None"
+    overwrite_every = _checks.check_int_in(
+      "overwrite_every", overwrite_every, low=1, what=name
     )
-  accumulation_steps = _checks.check_int(
-    "accumulation_steps", accumulation_steps, low=1, allowed="an int >= 1"
+  accumulation_steps = _checks.check_int_in(
+    "accumulation_steps", accumulation_steps, low=1, what=name
   )
   inner = optax.with_extra_args_support(inner)
 
@@ -135,9 +146,10 @@ def ema_params(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, EmaParamsState]:
+    _checks.check_wrapper_state(name, state, EmaParamsState)
     if params is None:
       raise ValueError(
-        "ema_params averages the parameters: call update(grads, state, params)."
+        f"{name} averages the parameters: call update(grads, state, params)."
       )
     updates, inner_state = inner.update(
       updates, state.inner_state, params, **extra_args

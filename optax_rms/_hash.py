@@ -27,10 +27,16 @@ def mix32(x: jax.Array) -> jax.Array:
 
 
 def key(*words: jax.Array | int) -> jax.Array:
-  """One uint32 scalar from several (traced or static) integer words."""
+  """One uint32 scalar from several (traced or static) integer words.
+
+  A Python int is taken modulo 2**32 (a seed in [2**31, 2**32) does not fit
+  the int32 that ``jnp.asarray`` would make of it); an array is cast to
+  uint32, which is the same modulo for int32 arrays.
+  """
   k = jnp.asarray(0x3C6EF372, _U32)
   for w in words:
-    k = mix32(k ^ (jnp.asarray(w).astype(_U32) * _U32(0x9E3779B1)))
+    word = _U32(w % 2**32) if isinstance(w, int) else jnp.asarray(w).astype(_U32)
+    k = mix32(k ^ (word * _U32(0x9E3779B1)))
   return k
 
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax._src import transform as _transform
 
+from optax_rms import _checks
 from optax_rms._rmsprop import RMSPropState
 from optax_rms._types import ArrayLike
 
@@ -88,6 +90,22 @@ def _as_count(value: Any, what: str) -> jax.Array:
   return count.astype(jnp.int32)
 
 
+def _count_argument(count: Any) -> jax.Array:
+  """The ``count`` argument as an int32 scalar, checked at the call.
+
+  A known value (a Python or NumPy int, a concrete array) must be in
+  ``[0, 2**31 - 1]``, the range of the int32 step counter; a traced one is
+  taken as it is.
+  """
+  if not isinstance(count, jax.core.Tracer):
+    value = np.asarray(count)
+    if value.shape == () and jnp.issubdtype(value.dtype, jnp.integer):
+      _checks.check_int_in(
+        "count", int(value), low=0, what="optax_rms.from_optax_rmsprop_state"
+      )
+  return _as_count(count, "count")
+
+
 def _concrete(x: jax.Array) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
@@ -131,8 +149,10 @@ def from_optax_rmsprop_state(
     ``update``.
 
   Raises:
-    ValueError: ``optax_state`` is not an ``optax.rmsprop`` state, or its
-      counts disagree with each other or with ``count``.
+    ValueError: ``optax_state`` is not an ``optax.rmsprop`` state, its
+      counts disagree with each other or with ``count``, or ``count`` is
+      not an integer scalar in ``[0, 2**31 - 1]`` (the int32 step counter's
+      range).
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_rms
@@ -178,7 +198,7 @@ def from_optax_rmsprop_state(
     if "count" in fields
   }
   if count is not None:
-    counts["count"] = _as_count(count, "count")
+    counts["count"] = _count_argument(count)
   values = list(counts.values())
   if all(map(_concrete, values)) and len({int(c) for c in values}) > 1:
     found = ", ".join(f"{what} = {int(c)}" for what, c in counts.items())

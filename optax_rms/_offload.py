@@ -17,12 +17,15 @@ lowers an output asked for in ``unpinned_host`` to device memory, so that kind
 is refused.
 """
 
+import sys
+import types
 from typing import Any, NamedTuple
 
 import jax
 import optax
-from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import AxisType, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from optax_rms import _checks
 from optax_rms._types import (
   GradientTransformation,
   GradientTransformationExtraArgs,
@@ -141,6 +144,71 @@ def _to_host(state: Any, memory_kind: str) -> Any:
   return jax.tree.unflatten(treedef, [place(x) for x in leaves])
 
 
+def _tracing_jit_info() -> tuple[Any, Any] | None:
+  """The arguments of the outermost ``jax.jit`` now tracing, if any.
+
+  ``(PjitInfo, context mesh)`` read from jax's own tracing frame
+  (``jax._src.pjit._trace_for_jit``, jax 0.10): donation and
+  ``out_shardings`` are jit's arguments, not visible to the traced function
+  otherwise. None outside ``jit``, or where jax's internals differ (then
+  nothing is checked).
+  """
+  frame: types.FrameType | None = sys._getframe(1)
+  found = None
+  while frame is not None:
+    code = frame.f_code
+    if code.co_name == "_trace_for_jit" and frame.f_globals.get("__name__") == (
+      "jax._src.pjit"
+    ):
+      found = frame  # keep walking: the outermost jit is the one that runs
+    frame = frame.f_back
+  if found is None or "ji" not in found.f_locals:
+    return None
+  return found.f_locals["ji"], found.f_locals.get("ctx_mesh")
+
+
+def _check_donation(name: str) -> None:
+  """ValueError where the enclosing ``jax.jit`` donates arguments but leaves
+  an output's sharding unspecified (no ``out_shardings``).
+
+  jax 0.10 then pairs donated buffers with outputs by shape and dtype alone,
+  not by memory, and can hand a device output a donated host buffer or the
+  reverse: the process aborts ("PjRtBuffer's memory kind does not match
+  sharding's memory kind"), with no Python error. With every output's
+  sharding given (or on a mesh of explicit axes, where jit derives them with
+  their memory kinds) donation pairs memories correctly. Checked while jit
+  traces the update: a step function that jax traced before (the same
+  function jitted again with other options) may come from jax's trace cache
+  and is then not checked again.
+  """
+  info = _tracing_jit_info()
+  if info is None:
+    return
+  ji, mesh = info
+  donates = bool(
+    getattr(ji, "donate_argnums", ()) or getattr(ji, "donate_argnames", ())
+  )
+  leaves = getattr(ji, "out_shardings_leaves", ())
+  unspecified = any(type(s).__name__ == "UnspecifiedValue" for s in leaves)
+  placed = bool(getattr(ji, "device", None) or getattr(ji, "backend", None))
+  explicit = (
+    mesh is not None
+    and not getattr(mesh, "empty", True)
+    and AxisType.Explicit in tuple(getattr(mesh, "axis_types", ()))
+  )
+  if donates and unspecified and not placed and not explicit:
+    raise ValueError(
+      f"{name}: this jax.jit donates arguments but gives no out_shardings. jax "
+      "then pairs donated buffers with outputs by shape and dtype alone, not "
+      "by memory, and can hand a device output a donated host buffer of the "
+      "state (or a host output a donated device buffer), which aborts the "
+      "process (\"PjRtBuffer's memory kind does not match sharding's memory "
+      "kind\"). Give the step's out_shardings, with the state's from "
+      "optax_rms.sharding.state_shardings(tx, params, memory_kind="
+      "'pinned_host') (or zero1_state_shardings), or do not donate."
+    )
+
+
 def host_offload(
   inner: GradientTransformation, memory_kind: str = "pinned_host"
 ) -> GradientTransformationExtraArgs:
@@ -163,8 +231,9 @@ def host_offload(
   ``tx.init(params)`` places the state itself. A step that donates the state
   needs those ``out_shardings``: without them jax 0.10 pairs donated buffers
   with outputs by shape and dtype alone, and can give a device output a
-  donated host buffer (the run aborts: "PjRtBuffer's memory kind does not
-  match sharding's memory kind").
+  donated host buffer (the process aborts: "PjRtBuffer's memory kind does
+  not match sharding's memory kind"); ``update`` raises a ValueError instead
+  when ``jax.jit`` traces it with arguments donated and no ``out_shardings``.
 
   Args:
     inner: any optax transformation.
@@ -176,10 +245,13 @@ def host_offload(
     `HostOffloadState`; extra arguments are passed to ``inner``.
 
   Raises:
-    TypeError: ``memory_kind`` is not a str.
+    TypeError: ``inner`` is not a transformation, ``memory_kind`` is not a
+      str; at ``update``, a state that is not a `HostOffloadState`.
     ValueError: the default device has no memory of that kind (its kinds are
       listed), the backend has no ``pinned_host`` memory (the backend named),
-      or the kind is the device's own memory or one jit cannot place arrays in.
+      or the kind is the device's own memory or one jit cannot place arrays in;
+      at ``update``, traced by a ``jax.jit`` that donates arguments without
+      ``out_shardings`` (see above).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, optax_rms
@@ -201,6 +273,8 @@ def host_offload(
     >>> print(f"{params['w'][0, 0]:.4f}")
     0.9684
   """
+  name = "optax_rms.host_offload"
+  _checks.check_inner(name, inner)
   memory_kind = _check_offload_kind(memory_kind)
   inner = optax.with_extra_args_support(inner)
   host = jax.memory.Space.Host  # the space of kind _JIT_HOST_KIND
@@ -214,6 +288,9 @@ def host_offload(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, HostOffloadState]:
+    _checks.check_wrapper_state(name, state, HostOffloadState)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state)):
+      _check_donation(name)  # while jit traces the step
     on_device = jax.device_put(state.inner_state, jax.memory.Space.Device)
     updates, new_state = inner.update(updates, on_device, params, **extra_args)
     return updates, HostOffloadState(jax.device_put(new_state, host))

@@ -10,17 +10,15 @@ saves, and XLA compiles one concatenation of a thousand operands slowly.
 leaves. The numbers are those of the inner transformation, leaf for leaf.
 """
 
-
 import functools
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from optax_rms import _checks
 from optax_rms._types import GradientTransformation, GradientTransformationExtraArgs
 
 
@@ -95,14 +93,6 @@ class _Layout(NamedTuple):
     )
 
 
-def _check_count(name: str, value: Any, low: int) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
-  if value < low:
-    raise ValueError(f"{name} must be >= {low}, got {value}.")
-  return int(value)
-
-
 def _layout(leaves: list[Any], treedef: Any, max_size: int, max_leaves: int) -> _Layout:
   large: list[int] = []
   groups: list[list[int]] = []
@@ -175,6 +165,33 @@ def _check_state_layout(state: Any, updates: Any, layout: _Layout) -> None:
     )
 
 
+def _brief(treedef: Any) -> str:
+  text = str(treedef)
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_state_structure(state: Any, expected: Any) -> None:
+  """TypeError where ``state``'s tree is not ``expected``, the tree of the
+  state ``init`` returns for these parameters (a state of another
+  transformation, or of ``inner`` on the unpacked parameters)."""
+  got = jax.tree.structure(state)
+  if got == expected:
+    return
+  hint = (
+    " (a checkpoint restored without a target? Restore with "
+    "jax.eval_shape(tx.init, params) as the target.)"
+    if isinstance(state, dict)
+    else " (the state of the inner transformation without pack_small, or of "
+    "another transformation?)"
+  )
+  raise TypeError(
+    f"optax_rms.pack_small: expected the state its init returns for these "
+    f"parameters (the inner state of the packed tree), got "
+    f"{type(state).__name__} with the tree {_brief(got)}; expected the tree "
+    f"{_brief(expected)}{hint}"
+  )
+
+
 def pack_small(
   inner: GradientTransformation,
   *,
@@ -224,6 +241,15 @@ def pack_small(
     An ``optax.GradientTransformationExtraArgs``; extra arguments are passed
     to ``inner``.
 
+  Raises:
+    TypeError: ``inner`` is not a transformation, ``max_size`` or
+      ``max_leaves`` not an int; at ``update``, a state whose tree is not the
+      one ``init`` makes for these parameters (e.g. ``inner``'s own state of
+      the unpacked parameters).
+    ValueError: ``max_size`` < 0 or ``max_leaves`` < 1; at ``update``,
+      parameters and gradients of different trees, or a state packed for
+      other shapes.
+
   Example:
     >>> import jax.numpy as jnp, optax, optax_rms
     >>> params = {"w": jnp.ones((512, 512)), "b": jnp.zeros(512)}
@@ -232,8 +258,12 @@ def pack_small(
     >>> [x.shape for x in state.nu.small]  # "b", packed; "w" is left as is
     [(512,)]
   """
-  max_size = _check_count("max_size", max_size, 0)
-  max_leaves = _check_count("max_leaves", max_leaves, 1)
+  name = "optax_rms.pack_small"
+  _checks.check_inner(name, inner)
+  # No int32 bound: both are compared with leaf sizes in Python only.
+  check = functools.partial(_checks.check_int_in, high=None, what=name)
+  max_size = check("max_size", max_size, low=0)
+  max_leaves = check("max_leaves", max_leaves, low=1)
   inner = optax.with_extra_args_support(inner)
 
   def pack(tree: Any) -> tuple[PackedLeaves, _Layout]:
@@ -244,6 +274,15 @@ def pack_small(
 
   def init_fn(params: optax.Params) -> optax.OptState:
     return inner.init(pack(params)[0])
+
+  # The tree of init's state for each layout (shapes and dtypes): an update
+  # checks its state against it. Traced once per layout.
+  structures: dict[_Layout, Any] = {}
+
+  def state_structure(packed: PackedLeaves, layout: _Layout) -> Any:
+    if layout not in structures:
+      structures[layout] = jax.tree.structure(jax.eval_shape(inner.init, packed))
+    return structures[layout]
 
   def update_fn(
     updates: optax.Updates,
@@ -256,13 +295,14 @@ def pack_small(
       params_packed, params_layout = pack(params)
       if params_layout != layout:
         raise ValueError(
-          "pack_small: the parameters and the gradients differ in tree, shape "
+          f"{name}: the parameters and the gradients differ in tree, shape "
           f"or dtype.\n  gradients:  {layout.treedef}\n  parameters: "
           f"{params_layout.treedef}"
         )
     else:
       params_packed = None
     _check_state_layout(state, updates, layout)
+    _check_state_structure(state, state_structure(packed, layout))
     new, state = inner.update(packed, state, params_packed, **extra_args)
     return _unpack(new, layout), state
 

@@ -23,16 +23,14 @@ holds). Every rounding that matters is written with
 turn the compensation into zero.
 """
 
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
-from optax_rms import _hash
+from optax_rms import _checks, _hash
 from optax_rms._types import (
   Array,
   GradientTransformation,
@@ -74,16 +72,6 @@ class StochasticRoundingState(NamedTuple):
 
   inner_state: OptState
   count: Array  # type: ignore[assignment]  # shadows tuple.count
-
-
-def _check_inner(name: str, inner: Any) -> optax.GradientTransformationExtraArgs:
-  methods = (getattr(inner, "init", None), getattr(inner, "update", None))
-  if not all(map(callable, methods)):
-    raise TypeError(
-      f"{name}: inner must be an optax.GradientTransformation (with init and "
-      f"update), got {type(inner).__name__}: {inner!r}."
-    )
-  return optax.with_extra_args_support(inner)
 
 
 def _is_narrow(dtype: Any, name: str = "", path: Any = ()) -> bool:
@@ -260,7 +248,8 @@ def kahan_summation(
 
   Raises:
     TypeError: ``inner`` is not a transformation; at ``init``, a parameter of
-      a float8 (or other sub-16-bit) dtype.
+      a float8 (or other sub-16-bit) dtype; at ``update``, a state that is
+      not a :class:`KahanSummationState`.
 
   Examples:
     Steps of 1e-3 on bfloat16 weights at 1.0 (half an ulp there is 3.9e-3)
@@ -280,8 +269,9 @@ def kahan_summation(
     >>> print(f"{float(train(optax_rms.kahan_summation(optax.sgd(1e-3)))[0]):.4f}")
     1.1016
   """
-  name = "kahan_summation"
-  inner = _check_inner(name, inner)
+  name = "optax_rms.kahan_summation"
+  _checks.check_inner(name, inner)
+  inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: optax.Params) -> KahanSummationState:
     def zeros(path, p):
@@ -311,6 +301,7 @@ def kahan_summation(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, KahanSummationState]:
+    _checks.check_wrapper_state(name, state, KahanSummationState)
     _flat(name, updates, params)  # the params check, before the inner update
     inner_updates, inner_state = inner.update(
       updates, state.inner_state, params, **extra_args
@@ -378,8 +369,9 @@ def stochastic_rounding(
 
   Raises:
     TypeError: ``inner`` is not a transformation or ``seed`` not an int; at
-      ``init``, a parameter of a float8 (or other sub-16-bit) dtype.
-    ValueError: ``seed`` out of range.
+      ``init``, a parameter of a float8 (or other sub-16-bit) dtype; at
+      ``update``, a state that is not a :class:`StochasticRoundingState`.
+    ValueError: ``seed`` outside ``[0, 2**32 - 1]``.
 
   Examples:
     Steps of 1e-3 on 1000 bfloat16 weights at 1.0: each moves by a whole
@@ -396,13 +388,10 @@ def stochastic_rounding(
     >>> print(f"{float(params.astype(jnp.float32).mean()):.2f}")  # 1 + 100 * 1e-3
     1.10
   """
-  name = "stochastic_rounding"
-  inner = _check_inner(name, inner)
-  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-    raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}.")
-  if not 0 <= seed < 2**32:
-    raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
-  seed = int(seed)
+  name = "optax_rms.stochastic_rounding"
+  _checks.check_inner(name, inner)
+  inner = optax.with_extra_args_support(inner)
+  seed = _checks.check_int_in("seed", seed, low=0, high=2**32 - 1, what=name)
 
   def init_fn(params: optax.Params) -> StochasticRoundingState:
     for path, p in jax.tree_util.tree_leaves_with_path(params):
@@ -417,6 +406,7 @@ def stochastic_rounding(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, StochasticRoundingState]:
+    _checks.check_wrapper_state(name, state, StochasticRoundingState)
     _flat(name, updates, params)
     inner_updates, inner_state = inner.update(
       updates, state.inner_state, params, **extra_args

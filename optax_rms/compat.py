@@ -18,8 +18,7 @@ gradient accumulation wraps in ``optax.MultiSteps`` and its ``use_ema`` in
 The differences between the frameworks are tabulated in ``docs/porting.md``.
 """
 
-
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -200,11 +199,11 @@ def keras(
     differentiate ``loss * loss_scale_factor``, as Keras' ``train_step`` does
     (the point is to keep small float16 gradients from underflowing), or the
     gradients are shrunk by the factor.
-  - ``gradient_accumulation_steps=k`` (None, or an int >= 2 as Keras asks):
-    the gradients of ``k`` consecutive calls are summed and the update, on
-    every ``k``-th call, takes their sum divided by ``k`` (clipped, then weight
-    decay and the RMSprop step, all on that call); the other calls return
-    zero updates and leave the statistics as they are. This is
+  - ``gradient_accumulation_steps=k`` (None, or an int in ``[2, 2**31 - 1]``;
+    Keras asks for >= 2): the gradients of ``k`` consecutive calls are summed
+    and the update, on every ``k``-th call, takes their sum divided by ``k``
+    (clipped, then weight decay and the RMSprop step, all on that call); the
+    other calls return zero updates and leave the statistics as they are. This is
     ``optax.MultiSteps(..., use_grad_mean=False)`` with the division by ``k``
     inside (MultiSteps' default running mean rounds differently from Keras'
     sum / k). As in Keras, a learning-rate schedule is evaluated at the
@@ -239,6 +238,60 @@ def keras(
   _checks.check_range("rho", rho, low=0.0, high=1.0, high_open=True)
   _checks.check_range("epsilon", epsilon, low=0.0, low_open=True)
   _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  if weight_decay is not None:
+    _checks.check_range("weight_decay", weight_decay, low=0.0)
+  options = _keras_options(
+    clipnorm=clipnorm,
+    clipvalue=clipvalue,
+    global_clipnorm=global_clipnorm,
+    use_ema=use_ema,
+    ema_momentum=ema_momentum,
+    ema_overwrite_frequency=ema_overwrite_frequency,
+    loss_scale_factor=loss_scale_factor,
+    gradient_accumulation_steps=gradient_accumulation_steps,
+  )
+  if options.accumulation_steps is not None and callable(learning_rate):
+    # Keras evaluates a schedule at its call count, `steps - 1` calls into
+    # each accumulation window; the inner count here counts updates.
+    learning_rate = _at_call_count(learning_rate, options.accumulation_steps)
+  core = rmsprop(
+    learning_rate,
+    decay=rho,
+    eps=epsilon,
+    eps_in_sqrt=True,
+    centered=centered,
+    momentum=_momentum_or_none(momentum),
+    lr_in_momentum=True,
+    weight_decay=_weight_decay_or_none(weight_decay),
+    weight_decay_mode="decoupled",
+    **_state_storage("keras", state_storage),
+  )
+  return _with_keras_options(core, options)
+
+
+class _KerasOptions(NamedTuple):
+  """Keras' optimizer-level options, checked: what goes around the step.
+
+  Attributes:
+    clip: the gradient clipping (``clipnorm``, ``global_clipnorm`` or
+      ``clipvalue``), or None.
+    accumulation_steps: ``gradient_accumulation_steps`` (an int >= 2), or None.
+    loss_scale_factor: the factor the gradients are divided by, or None.
+    ema_decay: ``ema_momentum`` with ``use_ema=True``; None without.
+    ema_overwrite_every: ``ema_overwrite_frequency`` (None: never).
+  """
+
+  clip: optax.GradientTransformation | None
+  accumulation_steps: int | None
+  loss_scale_factor: float | None
+  ema_decay: float | None
+  ema_overwrite_every: int | None
+
+
+def _keras_clip(
+  clipnorm: Any, clipvalue: Any, global_clipnorm: Any
+) -> optax.GradientTransformation | None:
+  """Keras' gradient clipping (at most one of the three), checked."""
   clips = {
     "clipnorm": clipnorm,
     "clipvalue": clipvalue,
@@ -252,70 +305,77 @@ def keras(
     )
   for name in given:
     _checks.check_range(name, clips[name], low=0.0, low_open=True)
-  if weight_decay is not None:
-    _checks.check_range("weight_decay", weight_decay, low=0.0)
+  if clipnorm is not None:
+    return _clip_each_by_norm(clipnorm)
+  if global_clipnorm is not None:
+    return optax.clip_by_global_norm(global_clipnorm)
+  if clipvalue is not None:
+    return optax.clip(clipvalue)
+  return None
+
+
+def _keras_options(
+  *,
+  clipnorm: Any,
+  clipvalue: Any,
+  global_clipnorm: Any,
+  use_ema: Any,
+  ema_momentum: Any,
+  ema_overwrite_frequency: Any,
+  loss_scale_factor: Any,
+  gradient_accumulation_steps: Any,
+) -> _KerasOptions:
+  """Checks Keras' optimizer-level options (the EMA ones also without
+  ``use_ema``, as Keras does) and resolves them."""
+  name = "optax_rms.compat.keras"
   _checks.check_bool("use_ema", use_ema)
   _checks.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0)
   if ema_overwrite_frequency is not None:
-    _checks.check_int(
-      "ema_overwrite_frequency",
-      ema_overwrite_frequency,
-      low=1,
-      allowed="an int >= 1 or None",
+    ema_overwrite_frequency = _checks.check_int_in(
+      "ema_overwrite_frequency", ema_overwrite_frequency, low=1, what=name
     )
   if loss_scale_factor is not None:
     _checks.check_range("loss_scale_factor", loss_scale_factor, low=0.0, low_open=True)
   if gradient_accumulation_steps is not None:
-    _checks.check_int(
-      "gradient_accumulation_steps",
-      gradient_accumulation_steps,
-      low=2,
-      allowed="an int >= 2 (as Keras asks), or None for no accumulation",
+    # Keras asks for >= 2; None is no accumulation.
+    gradient_accumulation_steps = _checks.check_int_in(
+      "gradient_accumulation_steps", gradient_accumulation_steps, low=2, what=name
     )
-    steps = gradient_accumulation_steps
-    if callable(learning_rate):
-      # Keras evaluates a schedule at its call count, `steps - 1` calls into
-      # each accumulation window; the inner count here counts updates.
-      learning_rate = _at_call_count(learning_rate, steps)
-  core = rmsprop(
-    learning_rate,
-    decay=rho,
-    eps=epsilon,
-    eps_in_sqrt=True,
-    centered=centered,
-    momentum=_momentum_or_none(momentum),
-    lr_in_momentum=True,
-    weight_decay=_weight_decay_or_none(weight_decay),
-    weight_decay_mode="decoupled",
-    **_state_storage("keras", state_storage),
+  return _KerasOptions(
+    clip=_keras_clip(clipnorm, clipvalue, global_clipnorm),
+    accumulation_steps=gradient_accumulation_steps,
+    loss_scale_factor=loss_scale_factor,
+    ema_decay=ema_momentum if use_ema else None,
+    ema_overwrite_every=ema_overwrite_frequency,
   )
-  parts: list[optax.GradientTransformation] = []
-  if gradient_accumulation_steps is not None:
-    parts.append(_divide(gradient_accumulation_steps))
-  if clipnorm is not None:
-    parts.append(_clip_each_by_norm(clipnorm))
-  if global_clipnorm is not None:
-    parts.append(optax.clip_by_global_norm(global_clipnorm))
-  if clipvalue is not None:
-    parts.append(optax.clip(clipvalue))
-  tx: optax.GradientTransformation = (
-    optax.chain(*parts, core) if parts else core
-  )
-  if gradient_accumulation_steps is not None:
+
+
+def _with_keras_options(
+  core: optax.GradientTransformation, options: _KerasOptions
+) -> optax.GradientTransformationExtraArgs:
+  """``core`` (the RMSprop step) with Keras' options around it, in the order
+  Keras applies them: loss scale, accumulation (its division by the steps
+  first), clipping, the step; the moving average over all of it."""
+  steps = options.accumulation_steps
+  parts = [_divide(steps)] if steps is not None else []
+  if options.clip is not None:
+    parts.append(options.clip)
+  tx: optax.GradientTransformation = optax.chain(*parts, core) if parts else core
+  if steps is not None:
     # Keras sums the gradients and divides the sum by the steps at the update:
     # use_grad_mean=False sums in Keras' order, `_divide` (first in `tx`)
     # divides. MultiSteps' default running mean rounds differently.
     tx = optax.MultiSteps(
-      tx, every_k_schedule=gradient_accumulation_steps, use_grad_mean=False
+      tx, every_k_schedule=steps, use_grad_mean=False
     ).gradient_transformation()
-  if loss_scale_factor is not None:
-    tx = optax.chain(_divide(loss_scale_factor), tx)
-  if use_ema:
+  if options.loss_scale_factor is not None:
+    tx = optax.chain(_divide(options.loss_scale_factor), tx)
+  if options.ema_decay is not None:
     tx = ema_params(
       tx,
-      decay=ema_momentum,
-      overwrite_every=ema_overwrite_frequency,
-      accumulation_steps=gradient_accumulation_steps or 1,
+      decay=options.ema_decay,
+      overwrite_every=options.ema_overwrite_every,
+      accumulation_steps=steps or 1,
     )
   return optax.with_extra_args_support(tx)
 
@@ -499,6 +559,7 @@ def timm(
   _checks.check_range("alpha", alpha, low=0.0, high=1.0, high_open=True)
   _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
   _checks.check_range("weight_decay", weight_decay, low=0.0)
+  _checks.check_bool("decoupled_decay", decoupled_decay)
   return rmsprop(
     lr,
     decay=alpha,

@@ -298,22 +298,16 @@ def _map_packed_state(
   replicated: NamedSharding,
 ) -> Any:
   """A state holding ``optax_rms.pack_small``'s buffers (optax's
-  ``tree_map_params`` cannot see through it): a `PackedLeaves` buffer's large
-  leaves take their parameters' shardings, its flat vectors start from
-  replicated; a part of the state shaped like the parameters (e.g.
-  ``optax.MultiSteps``' accumulated gradients, outside the pack) takes
-  theirs, as ``tree_map_params`` would; the rest is replicated.
-
-  A large leaf is matched to its parameter by walking the parameters in tree
-  order: pack_small decides by size alone, so a parameter of the same shape
-  as the next large leaf is that leaf. A `PackedLeaves` whose elements do not
-  add up to the parameters' (the 8-bit per-block scales) is not params-shaped.
+  ``tree_map_params`` cannot see through it): each `PackedLeaves` buffer
+  finds its parameters through its ``segments`` (see :func:`_map_packed`); a
+  part of the state shaped like the parameters (e.g. ``optax.MultiSteps``'
+  accumulated gradients, outside the pack) takes theirs, as
+  ``tree_map_params`` would; the rest is replicated.
   """
   params = jax.tree.leaves(abstract)
   param_shardings = jax.tree.leaves(
     shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
   )
-  total = sum(math.prod(p.shape) for p in params)
   params_def: Any = jax.tree.structure(abstract)  # jax's stub lacks __ne__
 
   def params_shaped(x: Any) -> bool:
@@ -328,35 +322,61 @@ def _map_packed_state(
     )
 
   def node(x: Any) -> Any:
-    if params_shaped(x):
-      return jax.tree.unflatten(
-        params_def,
-        [
-          per_leaf(a, s, p)
-          for a, s, p in zip(jax.tree.leaves(x), param_shardings, params, strict=True)
-        ],
-      )
-    if not isinstance(x, PackedLeaves):
+    if isinstance(x, PackedLeaves):
+      return _map_packed(x, params, param_shardings, per_leaf, leaf_fn, replicated)
+    if not params_shaped(x):
       return jax.tree.map(lambda _: replicated, x)
-    pairs, j = [], 0
-    for leaf in x.large:
-      while j < len(params) and params[j].shape != leaf.shape:
-        j += 1
-      pairs.append(j)
-      j += 1
-    size = sum(math.prod(leaf.shape) for leaf in (*x.large, *x.small))
-    if size != total or any(j >= len(params) for j in pairs):
-      return jax.tree.map(lambda _: replicated, x)
-    large = [
-      per_leaf(leaf, param_shardings[j], params[j])
-      for leaf, j in zip(x.large, pairs, strict=True)
-    ]
-    small = [leaf_fn(leaf, replicated) for leaf in x.small]
-    return jax.tree.unflatten(jax.tree.structure(x), large + small)
+    return jax.tree.unflatten(
+      params_def,
+      [
+        per_leaf(a, s, p)
+        for a, s, p in zip(jax.tree.leaves(x), param_shardings, params, strict=True)
+      ],
+    )
 
   return jax.tree.map(
     node, state, is_leaf=lambda x: isinstance(x, PackedLeaves) or params_shaped(x)
   )
+
+
+def _map_packed(
+  packed: PackedLeaves,
+  params: list[Any],
+  param_shardings: list[Any],
+  per_leaf: Callable[[Any, Any, Any], NamedSharding],
+  leaf_fn: Callable[[Any, NamedSharding], NamedSharding],
+  replicated: NamedSharding,
+) -> PackedLeaves:
+  """The shardings of one `PackedLeaves` buffer, from its ``segments``.
+
+  A large leaf holds one parameter (``segments`` gives its index in the
+  parameters' tree) and takes the rule of an unpacked leaf: its parameter's
+  sharding where the shapes agree (``nu``, ``mu``, the momentum), replicated
+  where they do not (8-bit per-block scales). A flat vector of small
+  parameters starts from replicated. A node whose ``segments`` are missing
+  (built by hand) or do not fit these parameters is replicated.
+  """
+  leaves = [*packed.large, *packed.small]
+  segments = packed.segments
+  fits = (
+    segments is not None
+    and len(segments) == len(leaves)
+    and all(len(seg) == 1 for seg in segments[: len(packed.large)])
+    and all(
+      0 <= i < len(params) and tuple(shape) == tuple(params[i].shape)
+      for seg in segments
+      for i, shape in seg
+    )
+  )
+  if not fits:
+    return jax.tree.map(lambda _: replicated, packed)
+  assert segments is not None  # for mypy: `fits` says so
+  large = [
+    per_leaf(leaf, param_shardings[i], params[i])
+    for leaf, (((i, _),)) in zip(packed.large, segments, strict=False)
+  ]
+  small = [leaf_fn(leaf, replicated) for leaf in packed.small]
+  return jax.tree.unflatten(jax.tree.structure(packed), large + small)
 
 
 def state_shardings(

@@ -191,6 +191,13 @@ def test_compat_validates_with_the_frameworks_names(ctor, kwargs, pattern):
     ctor(**kwargs)
 
 
+def test_a_preset_only_flag_must_be_a_bool():
+  """timm's decoupled_decay is the presets' own (not passed on to rmsprop,
+  which checks its flags): "no" once meant decoupled decay."""
+  with pytest.raises(TypeError, match=r"decoupled_decay must be a bool, got str"):
+    compat.timm(weight_decay=1e-4, decoupled_decay="no")
+
+
 def test_bare_presets_keep_one_flat_state():
   params = {"w": jnp.ones(3)}
   for tx in (
@@ -222,6 +229,19 @@ _KERAS_OPTION_ERRORS = [
   (dict(use_ema=1), TypeError, r"use_ema", False),
   (dict(ema_momentum=2.0), ValueError, r"ema_momentum", False),
   (dict(use_ema=True, ema_overwrite_frequency=True), TypeError, r"ema_over", False),
+  # Past the int32 step counters (once an OverflowError at the first update).
+  (
+    dict(gradient_accumulation_steps=2**31),
+    ValueError,
+    r"gradient_accumulation_steps must be an int in \[2, 2\*\*31 - 1\]",
+    False,
+  ),
+  (
+    dict(use_ema=True, ema_overwrite_frequency=2**31),
+    ValueError,
+    r"ema_overwrite_frequency must be an int in \[1, 2\*\*31 - 1\]",
+    False,
+  ),
 ]
 
 

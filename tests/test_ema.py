@@ -174,10 +174,13 @@ def test_state_shardings_give_the_average_its_parameters_sharding():
   [
     (dict(decay=1.5), ValueError, r"decay"),
     (dict(decay=-0.1), ValueError, r"decay"),
-    (dict(overwrite_every=0), ValueError, r"overwrite_every must be an int >= 1"),
+    (dict(overwrite_every=0), ValueError, r"overwrite_every must be an int in \[1, "),
     (dict(overwrite_every=2.0), TypeError, r"overwrite_every"),
+    # Above the int32 step counter's range: once an OverflowError at update.
+    (dict(overwrite_every=2**31), ValueError, r"overwrite_every .*2\*\*31 - 1\]"),
     (dict(accumulation_steps=0), ValueError, r"accumulation_steps"),
     (dict(accumulation_steps=True), TypeError, r"accumulation_steps"),
+    (dict(accumulation_steps=2**40), ValueError, r"accumulation_steps .*2\*\*31"),
   ],
 )
 def test_arguments_checked_at_construction(kwargs, error, pattern):

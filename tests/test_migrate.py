@@ -219,3 +219,25 @@ def test_round_trip_through_an_orbax_checkpoint_made_by_optax(tmp_path, target):
   ours_update = jax.jit(optax_rms.rmsprop(lr, **kwargs).update)
   ours, *_ = _run(ours_update, converted, params, STEPS_AFTER, STEPS_BEFORE)
   _assert_same_updates(ours, theirs, f"restored with target {target}")
+
+
+@pytest.mark.parametrize(
+  "count, error",
+  [
+    (-5, ValueError),  # once accepted: a negative step count
+    (2**31, ValueError),  # once an OverflowError (int32)
+    (2**40, ValueError),
+    (np.int64(2**31), ValueError),
+    (True, ValueError),  # not an integer scalar (a bool)
+  ],
+  ids=["negative", "int32-max+1", "2**40", "numpy-int64", "bool"],
+)
+def test_the_count_argument_is_checked_with_its_range(count, error):
+  state = optax.rmsprop(0.1).init(_params())
+  with pytest.raises(error, match=r"count"):
+    optax_rms.from_optax_rmsprop_state(state, count=count)
+  if not isinstance(count, bool):
+    with pytest.raises(error, match=r"count must be an int in \[0, 2\*\*31 - 1\]"):
+      optax_rms.from_optax_rmsprop_state(state, count=count)
+  top = optax_rms.from_optax_rmsprop_state(state, count=2**31 - 1)
+  assert int(top.count) == 2**31 - 1 and top.count.dtype == jnp.int32

@@ -10,8 +10,10 @@ GPU is benchmarks/offload/'s.
 """
 
 import importlib.util
+import os
 import pathlib
 import re
+import subprocess
 import sys
 
 import jax
@@ -354,6 +356,101 @@ def test_state_shardings_refuse_a_memory_kind_the_devices_lack():
       helper(memory_kind="hbm")
     unpinned = helper(memory_kind="unpinned_host")
     assert {s.memory_kind for s in jax.tree.leaves(unpinned)} == {"unpinned_host"}
+
+
+# A donated step, with and without out_shardings: run in a subprocess, since
+# without them jax 0.10 once aborted the process (a donated host buffer handed
+# to a device output: "PjRtBuffer's memory kind does not match ...").
+_DONATED_STEP = """
+import sys
+import jax, jax.numpy as jnp, optax, optax_rms
+from jax.sharding import SingleDeviceSharding
+tx = optax_rms.host_offload(optax_rms.rmsprop(0.01, centered=True, momentum=0.9))
+params = {"w": jnp.ones((16, 64)), "b": jnp.ones(64)}
+device = SingleDeviceSharding(jax.devices()[0])
+
+def make_step():  # a new function each time: jax reuses a traced one's jaxpr
+  def step(params, state):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    return updates, state  # a device output first, of the state buffers' shapes
+
+  return step
+
+state = tx.init(params)
+out = (device, jax.tree.map(lambda x: x.sharding, state))
+given = jax.jit(make_step(), out_shardings=out, donate_argnums=(1,))
+for _ in range(2):
+  _, state = given(params, state)
+kinds = sorted({x.sharding.memory_kind for x in jax.tree.leaves(state)})
+print("with out_shardings:", kinds)
+sys.stdout.flush()
+bare = jax.jit(make_step(), donate_argnums=(1,))
+for _ in range(2):
+  _, state = bare(params, state)
+print("without out_shardings: ran")
+"""
+
+
+def test_a_donated_step_without_out_shardings_is_a_python_error():
+  run = subprocess.run(
+    [sys.executable, "-c", _DONATED_STEP],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert "with out_shardings: ['pinned_host']" in run.stdout, run.stderr[-2000:]
+  # A Python exception (exit status 1), not an abort (a negative status).
+  assert run.returncode == 1, (run.returncode, run.stderr[-2000:])
+  assert "without out_shardings: ran" not in run.stdout
+  error = re.search(r"^ValueError: optax_rms\.host_offload: .*$", run.stderr, re.M)
+  assert error is not None, run.stderr[-2000:]
+  assert "donates arguments but gives no out_shardings" in error.group()
+  assert "state_shardings(tx, params, memory_kind='pinned_host')" in error.group()
+
+
+_EXPLICIT_MESH_STEP = """
+import jax, jax.numpy as jnp, optax_rms
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Explicit,))
+with jax.set_mesh(mesh):
+  tx = optax_rms.host_offload(optax_rms.rmsprop(0.01, momentum=0.9))
+  params = jax.device_put({"w": jnp.ones((16, 64))}, NamedSharding(mesh, P()))
+  state = tx.init(params)
+
+  def step(params, state):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    return updates, state
+
+  f = jax.jit(step, donate_argnums=(1,))
+  for _ in range(2):
+    updates, state = f(params, state)
+  print(sorted({x.sharding.memory_kind for x in jax.tree.leaves(state)}))
+"""
+
+
+def test_on_an_explicit_mesh_a_donated_step_needs_no_out_shardings():
+  """There jit derives each output's sharding, memory kind included, and
+  pairs donated buffers by memory: the check above lets such a step run.
+  In a subprocess, as above, in case a jax version aborts."""
+  run = subprocess.run(
+    [sys.executable, "-c", _EXPLICIT_MESH_STEP],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+  assert run.stdout.strip().splitlines()[-1] == "['pinned_host']"
+
+
+def test_a_step_that_donates_nothing_needs_no_out_shardings():
+  """The control: without donation a plain jax.jit step is fine."""
+  tx = optax_rms.host_offload(optax_rms.rmsprop(0.01, momentum=0.9))
+  params = _params()
+  state = tx.init(params)
+  params, state = _run(tx, params, state, _make_step(tx))
+  assert _kinds(state) == {HOST}
 
 
 # --- the benchmark's smoke test ----------------------------------------------------

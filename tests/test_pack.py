@@ -199,10 +199,10 @@ def test_extra_args_reach_inner():
 @pytest.mark.parametrize(
   "kw, error, match",
   [
-    (dict(max_size=-1), ValueError, "max_size must be >= 0"),
+    (dict(max_size=-1), ValueError, "max_size must be an int >= 0"),
     (dict(max_size=4.0), TypeError, "max_size must be an int"),
     (dict(max_size=True), TypeError, "max_size must be an int"),
-    (dict(max_leaves=0), ValueError, "max_leaves must be >= 1"),
+    (dict(max_leaves=0), ValueError, "max_leaves must be an int >= 1"),
     (dict(max_leaves=None), TypeError, "max_leaves must be an int"),
   ],
   ids=["size-negative", "size-float", "size-bool", "leaves-zero", "leaves-none"],
@@ -310,6 +310,39 @@ def test_sharding_helpers_see_through_the_pack():
   assert [s.spec for s in codes.large] == [P(None, "model"), P("model", None)]
 
 
+@pytest.mark.multidevice
+@pytest.mark.parametrize("helper", ["mirrored", "zero1"])
+def test_sharding_helpers_find_packed_leaves_by_their_segments(helper):
+  """Each large leaf of a packed buffer is found through
+  ``PackedLeaves.segments`` (the parameter it holds), so it takes the rule of
+  the same leaf unpacked: the 8-bit per-block scales of a big leaf too
+  (start replicated, then ZeRO-1 splits them where they divide), where they
+  were all left replicated when leaves were matched by shape. A node built by
+  hand, without segments, is replicated."""
+  from optax_rms import sharding
+
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  specs = {"a": P(None, "model"), "w": P("model", None), "b": P()}
+  params = {"a": jnp.zeros((16, 8)), "w": jnp.zeros((64, 32)), "b": jnp.zeros(8)}
+  params = jax.device_put(params, {k: NamedSharding(mesh, s) for k, s in specs.items()})
+  place = {
+    "mirrored": sharding.state_shardings,
+    "zero1": lambda tx, p: sharding.zero1_state_shardings(tx, p, "data"),
+  }[helper]
+  q = optax_rms.rmsprop(LR, nu_quantization="8bit")
+  packed = place(optax_rms.pack_small(q, max_size=64), params)
+  unpacked = place(q, params)
+  for field in ("nu", "nu_scale"):
+    got = [s.spec for s in getattr(packed, field).large]
+    assert got == [getattr(unpacked, field)[k].spec for k in ("a", "w")], field
+  if helper == "zero1":  # the scales of "w" (8 blocks) are split over "data"
+    assert packed.nu_scale.large[1].spec == P("data")
+
+  by_hand = optax_rms.PackedLeaves(large=(jnp.zeros((16, 8)),), small=(jnp.zeros(3),))
+  hand = sharding.state_shardings(lambda p: by_hand, params)
+  assert all(s.spec == P() for s in jax.tree.leaves(hand))
+
+
 def test_eager_update_equals_jitted():
   """Packing and unpacking are jitted themselves (one dispatch each in an
   eager call); the numbers are those of the jitted step, bit for bit."""
@@ -337,5 +370,6 @@ def test_a_state_packed_for_other_shapes_is_refused_naming_the_leaf():
   with pytest.raises(ValueError, match=r"parameter \['a'\] of shape \(3,\).*\(5,\)"):
     tx.update(swapped, state, swapped)
   with pytest.raises(ValueError, match=r"\['a'\].*shape"):
-    optax_rms.rmsprop(LR).update(swapped, optax_rms.rmsprop(LR).init(
-      {"a": jnp.zeros(3), "b": jnp.zeros(5)}))
+    optax_rms.rmsprop(LR).update(
+      swapped, optax_rms.rmsprop(LR).init({"a": jnp.zeros(3), "b": jnp.zeros(5)})
+    )
