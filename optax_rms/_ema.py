@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rms import _checks
+from optax_rms import _validate
 
 
 class EmaParamsState(NamedTuple):
@@ -103,12 +103,12 @@ def ema_params(
     >>> print(f"{w:.3f} {ema:.3f}")  # ema = 0.5 * 0.9 + 0.5 * 0.8
     0.800 0.850
   """
-  _checks.check_range("decay", decay, low=0.0, high=1.0)
+  _validate.check_range("decay", decay, low=0.0, high=1.0)
   if overwrite_every is not None:
-    overwrite_every = _checks.check_int(
+    overwrite_every = _validate.check_int(
       "overwrite_every", overwrite_every, low=1, allowed="an int >= 1 or None"
     )
-  accumulation_steps = _checks.check_int(
+  accumulation_steps = _validate.check_int(
     "accumulation_steps", accumulation_steps, low=1, allowed="an int >= 1"
   )
   inner = optax.with_extra_args_support(inner)

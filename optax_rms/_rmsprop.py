@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rms import _checks, _quantize
+from optax_rms import _checks, _quantize, _validate
 
 ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 WeightDecayMode: TypeAlias = Literal["coupled", "decoupled"]
@@ -524,7 +524,7 @@ def _transformation(
         [_math_dtype(param_dtype)]
         + [_math_dtype(state_dtype(f, param_dtype)) for f in fields],
       )
-      _checks.check_eps_normal(
+      _validate.check_eps_normal(
         name, eps, compute, where=f"the update of a {param_dtype} parameter runs in"
       )
 
@@ -636,20 +636,20 @@ def _validate_core(
   centered: Any,
   bias_correction: Any,
 ) -> None:
-  _checks.check_range("decay", decay, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("decay", decay, low=0.0, high=1.0, high_open=True)
   # eps == 0 divides by zero wherever nu is 0 (a gradient element that has been
   # zero so far, or a constant gradient when centered): 0 * inf = NaN.
-  _checks.check_range("eps", eps, low=0.0, low_open=True)
+  _validate.check_range("eps", eps, low=0.0, low_open=True)
   # ... and so does an eps that rounds to 0 (or to a subnormal, flushed to 0)
   # in the step's dtype: checked here against the widest dtype a step can run
   # in, and per parameter dtype at init (float16 state: 6.1e-5).
-  _checks.check_eps_normal(
-    name, eps, _checks.smallest_normal_bound(), where="an update can run in at best"
+  _validate.check_eps_normal(
+    name, eps, _validate.smallest_normal_bound(), where="an update can run in at best"
   )
-  _checks.check_range("initial_scale", initial_scale, low=0.0)
-  _checks.check_bool("eps_in_sqrt", eps_in_sqrt)
-  _checks.check_bool("centered", centered)
-  _checks.check_bool("bias_correction", bias_correction)
+  _validate.check_range("initial_scale", initial_scale, low=0.0)
+  _validate.check_bool("eps_in_sqrt", eps_in_sqrt)
+  _validate.check_bool("centered", centered)
+  _validate.check_bool("bias_correction", bias_correction)
 
 
 def scale_by_rms(
@@ -723,7 +723,7 @@ def scale_by_rms(
     weight_decay_mode="coupled",
     lr_in_momentum=True,
     maximize=False,
-    nu_dtype=_checks.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
+    nu_dtype=_validate.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
     mu_dtype=None,
     momentum_dtype=None,
     nu_form="float",
@@ -938,27 +938,29 @@ def rmsprop(
     centered,
     bias_correction,
   )
-  _checks.check_scalar_or_schedule("learning_rate", learning_rate)
+  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
   if momentum is not None:
-    _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
-  _checks.check_bool("nesterov", nesterov)
+    _validate.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  _validate.check_bool("nesterov", nesterov)
   if nesterov and momentum is None:
     raise ValueError(
       "nesterov=True needs momentum (a number in [0, 1)), got momentum=None."
     )
   if weight_decay is not None:
-    _checks.check_scalar_or_schedule("weight_decay", weight_decay)
-  _checks.check_choice("weight_decay_mode", weight_decay_mode, ("coupled", "decoupled"))
-  _checks.check_bool("lr_in_momentum", lr_in_momentum)
-  _checks.check_bool("maximize", maximize)
-  _checks.check_bool("check_hyperparams", check_hyperparams)
+    _validate.check_scalar_or_schedule("weight_decay", weight_decay)
+  _validate.check_choice(
+    "weight_decay_mode", weight_decay_mode, ("coupled", "decoupled")
+  )
+  _validate.check_bool("lr_in_momentum", lr_in_momentum)
+  _validate.check_bool("maximize", maximize)
+  _validate.check_bool("check_hyperparams", check_hyperparams)
   forms = {}
   for buffer, quantization, dtype, needs in (
     ("nu", nu_quantization, nu_dtype, None),
     ("mu", mu_quantization, mu_dtype, ("centered=True", centered)),
     ("momentum", momentum_quantization, momentum_dtype, ("momentum", momentum)),
   ):
-    forms[buffer] = _checks.check_quantization(buffer, quantization, dtype, needs)
+    forms[buffer] = _validate.check_quantization(buffer, quantization, dtype, needs)
   init_fn, update_fn = _transformation(
     learning_rate=learning_rate,
     decay=decay,
@@ -974,9 +976,9 @@ def rmsprop(
     weight_decay_mode=weight_decay_mode,
     lr_in_momentum=bool(lr_in_momentum),
     maximize=bool(maximize),
-    nu_dtype=_checks.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
-    mu_dtype=_checks.canonical_dtype("mu_dtype", mu_dtype, allow_complex=True),
-    momentum_dtype=_checks.canonical_dtype(
+    nu_dtype=_validate.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
+    mu_dtype=_validate.canonical_dtype("mu_dtype", mu_dtype, allow_complex=True),
+    momentum_dtype=_validate.canonical_dtype(
       "momentum_dtype", momentum_dtype, allow_complex=True
     ),
     nu_form=forms["nu"],
