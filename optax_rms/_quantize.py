@@ -103,6 +103,7 @@ _SIGNED8_BIAS = (127 - 15) << 23  # 2^-14: the binade of codes 8..15
 _SUBNORMAL = 2.0**-17  # signed8 codes 0..7: k * 2^-17, linear to 0
 _STEP = 0.125  # largest relative step between neighbouring codes
 _LOG8_INF = 255  # log8's code for a non-finite nu
+_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 # Dither streams, one per buffer, so that nu, mu and momentum round
 # independently.
@@ -204,6 +205,29 @@ def _magnitude(form: str, codes: jax.Array) -> jax.Array:
   normal = _to_float((k << 20) + _SIGNED8_BIAS)
   magnitude = jnp.where(k >= 8, normal, k.astype(jnp.float32) * _SUBNORMAL)
   return jnp.where(codes >= 128, -magnitude, magnitude)
+
+
+def _relative(
+  magnitude: jax.Array, scales: jax.Array, top: float, segments: Segments
+) -> jax.Array:
+  """``top * magnitude / scale`` per element, in [0, top] (finite elements).
+
+  Not ``magnitude * (top / scale)``: that reciprocal is below float32's
+  smallest normal number, flushed to 0, for a scale above 2^126 (and XLA
+  turns a division by a broadcast scale into that product). Each block's
+  scale is split into ``2^e * m`` with ``m`` in [1, 2); ``magnitude / 2^e``
+  is an exact integer subtraction on the exponent bits, and ``top / m`` is
+  always a normal number. Magnitudes below the smallest normal are 0.
+  """
+  bits = jax.lax.bitcast_convert_type(scales, jnp.int32)
+  normal = scales >= _TINY
+  exponent = jnp.where(normal, (bits >> 23) - 127, 0)
+  mantissa = jnp.where(normal, _to_float(bits - (exponent << 23)), 1.0)
+  shifted = jax.lax.bitcast_convert_type(magnitude, jnp.int32) - (
+    _per_element(exponent, segments) << 23
+  )
+  x = jnp.where((magnitude >= _TINY) & (shifted > 0), _to_float(shifted), 0.0)
+  return jnp.minimum(x * _per_element(top / mantissa, segments), top)
 
 
 def _round(form: str, r: jax.Array, bits: jax.Array) -> jax.Array:
@@ -402,9 +426,7 @@ def encode(
   magnitude = jnp.abs(flat)
   finite = magnitude < jnp.inf  # False for inf and NaN
   scales = _block_max(jnp.where(finite, magnitude, 0.0), segments)
-  scale = _per_element(scales, segments)
-  top = _TOP[form]
-  r = jnp.minimum(magnitude * (top / jnp.where(scale > 0, scale, 1.0)), top)
+  r = _relative(magnitude, scales, _TOP[form], segments)
   k = _round(form, r, _dither(segments, count, stream, offset))
   if form == "log8":  # 0 stays 0; inf and NaN: inf (as float state's inf)
     k = jnp.where(finite, jnp.where(magnitude > 0, k, 0), _LOG8_INF)

@@ -585,3 +585,32 @@ def test_centered_8bit_steps_survive_gradients_with_a_large_mean(quantized):
   # Code steps are at most 12.5% (6.25% in a square root); the momentum
   # buffer adds its own 12.5% at most: a step stays well within 1.5x.
   assert max(worst) < 1.5, max(worst)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_8bit_nu_never_gives_a_larger_step_across_the_whole_gradient_range(decay):
+  """A block mixing magnitudes from 1e-20 to the documented limit (|g| <
+  1.8e19, where g**2 still fits float32). Once a block's maximum passed
+  2^126 (~8.5e37, gradients near 1e19), the reciprocal of its scale was
+  flushed to 0 and every code collapsed to the lowest: steps ~20,000x too
+  large. A stored nu is one of the two codes around the exact value, the
+  lower at most one code step (12.5%) below it: a step at most
+  sqrt(1.125) larger than float32 state's, a few float32 roundings aside.
+  With decay 0 nu is each step's fresh g**2, so the bound holds at every
+  step; with decay 0.9, at the first (later ones compound the rounding)."""
+  rng = np.random.default_rng(0)
+  f = optax_rms.rmsprop(1e-3, decay=decay)
+  q = optax_rms.rmsprop(1e-3, decay=decay, nu_quantization="8bit")
+  p = jnp.zeros(1024)
+  sf, sq = f.init(p), q.init(p)
+  bound = np.sqrt(1 + _quantize._STEP) * (1 + 1e-5)
+  for t in range(4 if decay == 0 else 1):
+    g = 10.0 ** rng.uniform(-20, np.log10(1.8e19), p.shape)
+    g[:4] = [1e19, 1.5e19, 1.8e19, 1e-20]
+    g = jnp.asarray(g * rng.choice([-1, 1], p.shape), jnp.float32)
+    uf, sf = f.update(g, sf)
+    uq, sq = q.update(g, sq)
+    uf, uq = np.abs(np.asarray(uf)), np.abs(np.asarray(uq))
+    assert np.all(np.isfinite(uq)), t
+    worst = np.max(uq / uf)
+    assert worst <= bound, (t, worst)
