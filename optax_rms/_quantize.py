@@ -59,7 +59,9 @@ steps. The element itself: a non-finite ``nu`` is stored as :math:`+\infty`
 (code 255), as float state would hold it (inf: that element's steps are 0
 from then on; NaN gradients make its parameter NaN, as with float state); a
 signed code stores :math:`\pm\infty` as the block's largest magnitude with
-its sign and NaN as 0. A finite but very large element is another matter:
+its sign and NaN as NaN (code 128, which would otherwise be a second zero),
+so a NaN gradient propagates through 8-bit ``mu`` and momentum as through
+float ones. A finite but very large element is another matter:
 it sets its block's scale, and the neighbours' values far below it lose
 precision (the price of per-block scales, here as in any blockwise format).
 
@@ -103,6 +105,7 @@ _SIGNED8_BIAS = (127 - 15) << 23  # 2^-14: the binade of codes 8..15
 _SUBNORMAL = 2.0**-17  # signed8 codes 0..7: k * 2^-17, linear to 0
 _STEP = 0.125  # largest relative step between neighbouring codes
 _LOG8_INF = 255  # log8's code for a non-finite nu
+_SIGNED8_NAN = 128  # signed8's code for NaN (a "-0", never needed for 0)
 _TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 # Dither streams, one per buffer, so that nu, mu and momentum round
@@ -204,7 +207,8 @@ def _magnitude(form: str, codes: jax.Array) -> jax.Array:
   k = (codes & 0x7F).astype(jnp.int32)
   normal = _to_float((k << 20) + _SIGNED8_BIAS)
   magnitude = jnp.where(k >= 8, normal, k.astype(jnp.float32) * _SUBNORMAL)
-  return jnp.where(codes >= 128, -magnitude, magnitude)
+  value = jnp.where(codes >= 128, -magnitude, magnitude)
+  return jnp.where(codes == _SIGNED8_NAN, jnp.nan, value)
 
 
 def _relative(
@@ -430,9 +434,10 @@ def encode(
   k = _round(form, r, _dither(segments, count, stream, offset))
   if form == "log8":  # 0 stays 0; inf and NaN: inf (as float state's inf)
     k = jnp.where(finite, jnp.where(magnitude > 0, k, 0), _LOG8_INF)
-  else:  # +-inf: the largest magnitude; NaN: 0
-    k = jnp.where(finite, k, jnp.where(jnp.isnan(flat), 0, 127))
+  else:  # +-inf: the largest magnitude, signed; NaN: its own code ("-0")
+    k = jnp.where(finite, k, 127)
     k = jnp.where((flat < 0) & (k > 0), k + 128, k)
+    k = jnp.where(jnp.isnan(flat), _SIGNED8_NAN, k)
   return k.astype(jnp.uint8).reshape(value.shape), scales
 
 

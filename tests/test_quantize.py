@@ -136,12 +136,12 @@ def test_nonfinite_element_is_its_own_problem(form):
     np.testing.assert_array_equal(codes[others], ref_codes[others])
     # The element itself: log8 stores inf (as a float nu would hold an
     # overflow); signed8 the block's largest magnitude with the sign of an
-    # inf, or 0 for NaN.
+    # inf, or NaN for NaN (as float state would hold it).
     if form == "log8":
       np.testing.assert_array_equal(back[[5, 300]], [np.inf, np.inf])
       continue
     s = np.repeat(scales, 256)[[5, 300]]
-    want = np.zeros(2) if np.isnan(bad) else s * np.sign(bad)
+    want = np.full(2, np.nan) if np.isnan(bad) else s * np.sign(bad)
     np.testing.assert_allclose(back[[5, 300]], want, rtol=3 * 2.0**-24)
 
 
@@ -614,3 +614,44 @@ def test_8bit_nu_never_gives_a_larger_step_across_the_whole_gradient_range(decay
     assert np.all(np.isfinite(uq)), t
     worst = np.max(uq / uf)
     assert worst <= bound, (t, worst)
+
+
+@pytest.mark.parametrize(
+  "quantized",
+  [
+    dict(momentum_quantization="8bit"),
+    dict(mu_quantization="8bit"),
+    ALL_8BIT,
+  ],
+  ids=["8bit-momentum", "8bit-mu", "8bit-all"],
+)
+def test_nan_gradient_propagates_through_signed_8bit_buffers(quantized):
+  """A NaN gradient makes the update, the parameter and the buffers that
+  read it NaN with float state (README: non-finite gradients propagate).
+  Signed 8-bit codes used to store NaN as 0: the update came out 0 and the
+  element silently froze (its nu NaN, its step 0 forever). The NaN element
+  now propagates exactly where float state's does, and only there."""
+  kw = dict(centered=True, momentum=0.9)
+  f = optax_rms.rmsprop(1e-2, **kw)
+  q = optax_rms.rmsprop(1e-2, **kw, **quantized)
+  g = jnp.asarray(np.random.default_rng(4).normal(size=512), jnp.float32)
+  pf = pq = jnp.zeros(512)
+  sf, sq = f.init(pf), q.init(pq)
+  for t in range(3):
+    gt = g.at[7].set(jnp.nan) if t == 0 else g
+    uf, sf = f.update(gt, sf, pf)
+    uq, sq = q.update(gt, sq, pq)
+    pf, pq = optax.apply_updates(pf, uf), optax.apply_updates(pq, uq)
+    for float_side, quantized_side in ((uf, uq), (pf, pq)):
+      np.testing.assert_array_equal(
+        np.isnan(np.asarray(quantized_side)), np.isnan(np.asarray(float_side))
+      )
+    assert np.isnan(np.asarray(pq)[7]) and np.isnan(np.asarray(pq)).sum() == 1
+  segments = ((0, (512,)),)
+  for field in ("mu", "momentum"):
+    if f"{field}_quantization" in quantized or quantized is ALL_8BIT:
+      stored = _quantize.decode(
+        "signed8", getattr(sq, field), getattr(sq, f"{field}_scale"), segments
+      )
+      assert np.isnan(np.asarray(stored)[7]), field
+      assert np.isnan(np.asarray(getattr(sf, field))[7]), field
