@@ -303,12 +303,21 @@ def _apply(
         # var = rho * (var + (1 - rho) |g - mu|^2): a few-% code of either
         # would make their difference meaningless wherever |mu|^2 is close
         # to nu.
-        new_var = store("nu", decay * (nu + (1 - decay) * _abs_sq(g - mu)))
-        new_mu = store("mu", (1 - decay) * g + decay * mu)
-        if debias is not None:  # nu_hat - |mu_hat|^2, nu = var + |mu|^2
-          b = debias.astype(new_var.dtype)
-          new_var = new_var / b + _abs_sq(new_mu) * ((b - 1) / (b * b))
-        var = jnp.maximum(new_var, 0)
+        if debias is None:
+          var = store("nu", decay * (nu + (1 - decay) * _abs_sq(g - mu)))
+        else:
+          # nu holds S = b * (nu_hat - |mu_hat|^2), b = 1 - decay^t, whose
+          # recurrence adds only non-negative terms (nu_hat - |mu_hat|^2
+          # from a stored nu - |mu|^2 would cancel two large terms):
+          # S_t = decay * (S + (1 - decay) * (b'/b) |g - mu/b'|^2), b' the
+          # previous step's b (0 at the first step, where the term is 0).
+          b = debias.astype(nu.dtype)
+          b_prev = (1 - decay**count).astype(nu.dtype)
+          mean = mu / jnp.where(b_prev > 0, b_prev, 1)
+          sq = _abs_sq(g - mean) * (b_prev / b)
+          var = store("nu", decay * (nu + (1 - decay) * sq)) / b
+        store("mu", (1 - decay) * g + decay * mu)
+        var = jnp.maximum(var, 0)
       else:
         # Second moment (and first, centered) -- optax's order of operations.
         new_nu = store("nu", (1 - decay) * _abs_sq(g) + decay * nu)
