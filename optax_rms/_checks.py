@@ -75,6 +75,13 @@ def check_state_type(what: str, state: Any, state_type: type) -> None:
   if isinstance(state, state_type):
     return
   qualified = f"optax_rms.{state_type.__name__}"
+  if _holds_optax_rmsprop_statistics(state):
+    raise TypeError(
+      f"{what}: expected an {qualified}, got optax.rmsprop's state "
+      f"({_type_name(state)} {_brief(state)}). Convert a saved optax.rmsprop "
+      "state once with optax_rms.from_optax_rmsprop_state(old_state) (it "
+      "keeps nu, mu and the momentum trace), then pass the result to update."
+    )
   if isinstance(state, dict):
     raise TypeError(
       f"{what}: expected an {qualified}, got a dict with keys "
@@ -88,6 +95,28 @@ def check_state_type(what: str, state: Any, state_type: type) -> None:
     f"returns), got {_type_name(state)} {_brief(state)}. Was it made by "
     "another optimizer?"
   )
+
+
+def _holds_optax_rmsprop_statistics(state: Any, *, nested: bool = False) -> bool:
+  """Whether `state` is (or holds, in a tuple or list) optax's rmsprop
+  statistics: a ScaleByRmsState / ScaleByRStdDevState (or their WithCount
+  forms), or, inside the chain's list restored without a target, a dict of
+  exactly their fields (a dict alone may be an RMSPropState's)."""
+  if isinstance(state, dict):
+    return nested and set(state) in (
+      {"nu"},
+      {"count", "nu"},
+      {"mu", "nu"},
+      {"count", "mu", "nu"},
+    )
+  if isinstance(state, tuple) and hasattr(state, "_fields"):
+    name = type(state).__name__
+    return type(state).__module__.startswith("optax") and name.startswith(
+      ("ScaleByRmsState", "ScaleByRmsWithCountState", "ScaleByRStdDev")
+    )
+  if isinstance(state, (tuple, list)):
+    return any(_holds_optax_rmsprop_statistics(x, nested=True) for x in state)
+  return False
 
 
 def _type_name(x: Any) -> str:

@@ -363,16 +363,8 @@ def _apply(
       if decoupled_wd and decay_this_leaf:
         step = step + (neg_lr * wd) * p  # AdamW-style: -lr * wd * p.
 
-    mom_dtype = stored_dtype.get("momentum")
-    if static.has_momentum and step is new_mom and mom_dtype == out_dtype:
-      # The step is the new momentum buffer itself: update() returns that one
-      # array twice (as optax.trace does), instead of this computation
-      # returning a copy of it (one more kernel per leaf in an eager call).
-      out_step = None
-    else:
-      out_step = step.astype(out_dtype)
     return (
-      out_step,
+      step.astype(out_dtype),
       stored["nu"],
       stored_scale.get("nu"),
       stored.get("mu"),
@@ -414,7 +406,6 @@ def _apply(
       eight_bit(static.momentum_form, mom_scales) if static.has_momentum else None
     ),
   )
-  # A None step is the new momentum buffer (see leaf); update() fills it in.
   return list(steps), new_state
 
 
@@ -453,6 +444,15 @@ def _step_function(static: _Static) -> Callable[..., Any]:
 def _cache_size() -> int:
   """How many compiled-step configurations the cache holds (for tests)."""
   return len(_compiled)
+
+
+_CHECKIFY_NEEDED = (
+  "{name}(check_hyperparams=True) puts jax.experimental.checkify checks into "
+  "the step; they only run under checkify.checkify, not eagerly nor under a "
+  "plain jax.jit. Run the update (or the train step that calls it) as "
+  "err, out = checkify.checkify(step)(...) and call err.throw(); or build "
+  "the optimizer with check_hyperparams=False."
+)
 
 
 def _transformation(
@@ -627,10 +627,12 @@ def _transformation(
       mu_dtype=mu_dtype,
       momentum_dtype=momentum_dtype,
     )
-    steps, new_state = _step_function(static)(updates, state, params, hyper)
-    if static.has_momentum:
-      moms = treedef.flatten_up_to(new_state.momentum)
-      steps = [m if s is None else s for s, m in zip(steps, moms, strict=True)]
+    try:
+      steps, new_state = _step_function(static)(updates, state, params, hyper)
+    except ValueError as e:
+      if check_hyperparams and "checkify" in str(e):
+        raise ValueError(_CHECKIFY_NEEDED.format(name=name)) from e
+      raise
     return treedef.unflatten(steps), new_state
 
   return init_fn, update_fn
