@@ -16,6 +16,7 @@ again. This script measures, on one small tree, in one process:
   python benchmarks/eager_cache.py > benchmarks/eager_cache.md
 """
 
+import dataclasses
 import time
 
 import jax
@@ -96,9 +97,9 @@ def _run(tx, params, jit: bool, as_args: bool):
   """STEPS updates, eager or inside jax.jit; `as_args`: constants as args."""
   real = _rmsprop._step_function
 
-  def patched(static):
-    fn = real(static._replace(constants=()))
-    constants = dict(static.constants)
+  def patched(key):
+    fn = real(key._replace(config=dataclasses.replace(key.config, constants=())))
+    constants = dict(key.config.constants)
     return lambda u, s, p, hyper: fn(u, s, p, {**hyper, **constants})
 
   update = jax.jit(tx.update) if jit else tx.update

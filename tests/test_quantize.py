@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import optax_rms
-from optax_rms import _quantize
+from optax_rms import _chunks, _quantize
 
 ALL_8BIT = dict(
   nu_quantization="8bit", mu_quantization="8bit", momentum_quantization="8bit"
@@ -178,9 +178,9 @@ def test_overflowing_gradient_does_not_poison_its_block(buffer):
 
 
 def test_chunked_update_equals_whole_leaf_update(monkeypatch):
-  """Leaves above _quantize.CHUNK elements run chunk by chunk (for memory):
+  """Leaves above _chunks.CHUNK elements run chunk by chunk (for memory):
   the codes, scales and updates are those of the whole-leaf computation."""
-  shape = (3 * _quantize.CHUNK // 128 + 1, 128)  # 3 chunks and a ragged tail
+  shape = (3 * _chunks.CHUNK // 128 + 1, 128)  # 3 chunks and a ragged tail
   key = jax.random.PRNGKey(0)
   p = jax.random.normal(key, shape)
   grads = [jax.random.normal(jax.random.fold_in(key, t), shape) for t in range(3)]
@@ -195,7 +195,7 @@ def test_chunked_update_equals_whole_leaf_update(monkeypatch):
     return outs
 
   chunked = run()
-  monkeypatch.setattr(_quantize, "CHUNK", 1 << 30)
+  monkeypatch.setattr(_chunks, "CHUNK", 1 << 30)
   whole = run()  # CHUNK is read while tracing: a new trace (new shape key)...
   for (u1, s1), (u2, s2) in zip(chunked, whole, strict=True):
     np.testing.assert_array_equal(np.asarray(u1), np.asarray(u2))
@@ -516,7 +516,7 @@ def test_8bit_state_saves_at_the_peak_of_the_update(kw, n_buffers, saved):
   _, q_temp_big = _peak(optax_rms.rmsprop(1e-3, **kw), shape=(4096, 4096))
   more = 4096 * 4096 - 2048 * 2048
   assert q_temp_big - q_temp <= n_buffers * 2 * 4 * more / 256
-  assert q_temp <= n_buffers * 2 * 4 * _quantize.CHUNK  # ~a chunk per buffer
+  assert q_temp <= n_buffers * 2 * 4 * _chunks.CHUNK  # ~a chunk per buffer
 
 
 @pytest.mark.skipif(
