@@ -77,7 +77,8 @@ def check_state_type(what: str, state: Any, state_type: type) -> None:
   qualified = f"optax_rms.{state_type.__name__}"
   if _holds_optax_rmsprop_statistics(state):
     raise TypeError(
-      f"{what}: expected an {qualified}, got optax.rmsprop's state "
+      f"{what}: expected an {qualified} (the state this optimizer's init "
+      "returns), got optax.rmsprop's state "
       f"({_type_name(state)} {_brief(state)}). Convert a saved optax.rmsprop "
       "state once with optax_rms.from_optax_rmsprop_state(old_state) (it "
       "keeps nu, mu and the momentum trace), then pass the result to update."

@@ -503,6 +503,28 @@ def _validate_core(
   _validate.check_bool("bias_correction", bias_correction)
 
 
+def _storage(
+  dtypes: tuple[Any, Any, Any],
+  quantizations: tuple[Any, Any, Any],
+  *,
+  centered: Any,
+  momentum: Any,
+) -> tuple[tuple[str, str, str], tuple[Any, Any, Any]]:
+  """Validated (storage forms, float dtypes) of nu, mu and momentum."""
+  needs = (None, ("centered=True", centered), ("momentum", momentum))
+  forms = tuple(
+    _validate.check_quantization(buffer, quantization, dtype, need)
+    for buffer, quantization, dtype, need in zip(
+      _config.BUFFERS, quantizations, dtypes, needs, strict=True
+    )
+  )
+  canonical = tuple(
+    _validate.canonical_dtype(f"{buffer}_dtype", dtype, allow_complex=buffer != "nu")
+    for buffer, dtype in zip(_config.BUFFERS, dtypes, strict=True)
+  )
+  return forms, canonical  # type: ignore[return-value]
+
+
 def scale_by_rms(
   decay: jax.typing.ArrayLike = 0.9,
   eps: jax.typing.ArrayLike = 1e-8,
@@ -791,19 +813,11 @@ def rmsprop(
   _validate.check_bool("lr_in_momentum", lr_in_momentum)
   _validate.check_bool("maximize", maximize)
   _validate.check_bool("check_hyperparams", check_hyperparams)
-  forms = (
-    _validate.check_quantization("nu", nu_quantization, nu_dtype, None),
-    _validate.check_quantization(
-      "mu", mu_quantization, mu_dtype, ("centered=True", centered)
-    ),
-    _validate.check_quantization(
-      "momentum", momentum_quantization, momentum_dtype, ("momentum", momentum)
-    ),
-  )
-  dtypes = (
-    _validate.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
-    _validate.canonical_dtype("mu_dtype", mu_dtype, allow_complex=True),
-    _validate.canonical_dtype("momentum_dtype", momentum_dtype, allow_complex=True),
+  forms, dtypes = _storage(
+    (nu_dtype, mu_dtype, momentum_dtype),
+    (nu_quantization, mu_quantization, momentum_quantization),
+    centered=centered,
+    momentum=momentum,
   )
   config, arrays = _config.resolve(
     name=name,
