@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import optax_rms
-from optax_rms import _rmsprop
+from optax_rms import _jit_cache, _rmsprop
 
 SHAPES = [(64, 32), (32,), (32, 10), (10,)]
 VARIANTS = {
@@ -89,7 +89,7 @@ def cost() -> None:
   )
   print(
     f"\nCompiled steps held by optax_rms's cache: {before} before the sweep, "
-    f"{after} after ({_rmsprop.CACHE_SIZE} at most).\n"
+    f"{after} after ({_jit_cache.CACHE_SIZE} at most).\n"
   )
 
 
@@ -170,7 +170,7 @@ def main() -> None:
   print(
     "A new Python-number hyperparameter costs one compile of the step (the "
     "first row), held afterwards by optax_rms's cache, which keeps at most "
-    "`optax_rms._rmsprop.CACHE_SIZE` configurations and drops the least "
+    "`optax_rms._jit_cache.CACHE_SIZE` configurations and drops the least "
     "recently used (with its compiled executable and the schedule objects in "
     "its key). Passing the numbers as arguments instead would avoid the "
     "recompiles but loses what the constants buy: in float32 the eager update "
