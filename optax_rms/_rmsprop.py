@@ -5,6 +5,14 @@ the centered mean, where eps sits, bias correction, momentum with the learning
 rate inside or after the buffer, weight decay and maximize. Everything else in
 the package (the framework presets included) only maps arguments onto
 :func:`rmsprop`.
+
+Read from the top: the equations of the docstring, one function per group
+(``_second_moment``, ``_centered_variance``, ``_normalized``, ...); one
+leaf's step (``_leaf_math``, which calls them in the docstring's order);
+the tree (``_apply``, jitted once per configuration and call signature);
+``init`` and ``update``. What the optimizer was built with is one frozen
+``_config.Config``; how each buffer is stored is a codec
+(``_quantize``); a big leaf's chunk loop is ``_chunks``.
 """
 
 import functools
