@@ -357,7 +357,7 @@ class Storage(NamedTuple):
 
   codecs: dict[str, Codec]
   dtypes: dict[str, Any]
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
 
   def encode(
     self, name: str, value: jax.Array, segments: Segments, offset: Any = 0

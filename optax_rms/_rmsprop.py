@@ -151,7 +151,7 @@ def _momentum_step(u: jax.Array, buf: jax.Array, neg_lr: Any, momentum: Any, c):
 class Hyper(NamedTuple):
   """The hyperparameters' values at this step (arrays or Python numbers)."""
 
-  count: jax.Array  # steps taken after this one: t + 1
+  count: jax.Array  # type: ignore[assignment]  # t + 1; shadows tuple.count
   lr: Any
   wd: Any
   decay: Any
@@ -412,9 +412,10 @@ def _init(c: _config.Config, eps: Any, params: optax.Params) -> RMSPropState:
       c.codec(name).init(p, value, c.state_dtype(p.dtype, name), segs)
       for p, segs in zip(leaves, segments, strict=True)
     ]
-    fields[name] = treedef.unflatten([stored for stored, _ in pairs])
+    fields[name] = jax.tree.unflatten(treedef, [stored for stored, _ in pairs])
     if c.form(name) != "float":
-      fields[f"{name}_scale"] = treedef.unflatten([scale for _, scale in pairs])
+      scales = [scale for _, scale in pairs]
+      fields[f"{name}_scale"] = jax.tree.unflatten(treedef, scales)
   return RMSPropState(count=jnp.zeros([], jnp.int32), **fields)
 
 
