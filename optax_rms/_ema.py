@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rms import _checks
+from optax_rms import _checks, _validate
 from optax_rms._types import (
   Array,
   ArrayLike,
@@ -122,13 +122,13 @@ def ema_params(
     0.800 0.850
   """
   name = "optax_rms.ema_params"
-  _checks.check_inner(name, inner)
-  _checks.check_range("decay", decay, low=0.0, high=1.0)
+  _validate.check_inner(name, inner)
+  _validate.check_range("decay", decay, low=0.0, high=1.0)
   if overwrite_every is not None:
-    overwrite_every = _checks.check_int_in(
+    overwrite_every = _validate.check_int_in(
       "overwrite_every", overwrite_every, low=1, what=name
     )
-  accumulation_steps = _checks.check_int_in(
+  accumulation_steps = _validate.check_int_in(
     "accumulation_steps", accumulation_steps, low=1, what=name
   )
   inner = optax.with_extra_args_support(inner)

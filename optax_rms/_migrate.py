@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from optax._src import transform as _transform
 
-from optax_rms import _checks
+from optax_rms import _validate
 from optax_rms._rmsprop import RMSPropState
 from optax_rms._types import ArrayLike
 
@@ -100,7 +100,7 @@ def _count_argument(count: Any) -> jax.Array:
   if not isinstance(count, jax.core.Tracer):
     value = np.asarray(count)
     if value.shape == () and jnp.issubdtype(value.dtype, jnp.integer):
-      _checks.check_int_in(
+      _validate.check_int_in(
         "count", int(value), low=0, what="optax_rms.from_optax_rmsprop_state"
       )
   return _as_count(count, "count")

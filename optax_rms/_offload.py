@@ -25,7 +25,7 @@ import jax
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from optax_rms import _checks
+from optax_rms import _checks, _validate
 from optax_rms._types import (
   GradientTransformation,
   GradientTransformationExtraArgs,
@@ -274,7 +274,7 @@ def host_offload(
     0.9684
   """
   name = "optax_rms.host_offload"
-  _checks.check_inner(name, inner)
+  _validate.check_inner(name, inner)
   memory_kind = _check_offload_kind(memory_kind)
   inner = optax.with_extra_args_support(inner)
   host = jax.memory.Space.Host  # the space of kind _JIT_HOST_KIND

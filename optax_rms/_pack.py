@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rms import _checks
+from optax_rms import _validate
 from optax_rms._types import GradientTransformation, GradientTransformationExtraArgs
 
 
@@ -259,9 +259,9 @@ def pack_small(
     [(512,)]
   """
   name = "optax_rms.pack_small"
-  _checks.check_inner(name, inner)
+  _validate.check_inner(name, inner)
   # No int32 bound: both are compared with leaf sizes in Python only.
-  check = functools.partial(_checks.check_int_in, high=None, what=name)
+  check = functools.partial(_validate.check_int_in, high=None, what=name)
   max_size = check("max_size", max_size, low=0)
   max_leaves = check("max_leaves", max_leaves, low=1)
   inner = optax.with_extra_args_support(inner)

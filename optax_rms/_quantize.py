@@ -10,8 +10,9 @@ A buffer of :class:`~optax_rms.RMSPropState` is stored in one of three forms:
   uint8 codes of a sign and a 7-bit float magnitude, plus each block's
   maximum magnitude in float32.
 
-The update math decodes every buffer to a wide (float) array, computes, and
-encodes the result back with :func:`decode` / :func:`encode`; it never
+Each form is one :class:`Codec` (``init`` / ``encode`` / ``decode``):
+:data:`CODECS`. The update math (``_rmsprop``) sees decoded (float) arrays
+only, and ``_chunks`` encodes what it stores and decodes it back; neither
 branches on the form. Adding a form touches this module and its tests only.
 
 **Blocks.** A buffer is cut into blocks of ``BLOCK`` consecutive elements
@@ -59,22 +60,23 @@ steps. The element itself: a non-finite ``nu`` is stored as :math:`+\infty`
 (code 255), as float state would hold it (inf: that element's steps are 0
 from then on; NaN gradients make its parameter NaN, as with float state); a
 signed code stores :math:`\pm\infty` as the block's largest magnitude with
-its sign and NaN as 0. A finite but very large element is another matter:
+its sign and NaN as NaN (code 128, which would otherwise be a second zero),
+so a NaN gradient propagates through 8-bit ``mu`` and momentum as through
+float ones. A finite but very large element is another matter:
 it sets its block's scale, and the neighbours' values far below it lose
 precision (the price of per-block scales, here as in any blockwise format).
 
 **Memory at the peak.** Decoding is cheap elementwise work that XLA
 recomputes inside each consumer instead of keeping a float32 copy of the
-leaf, and :func:`update` orders the work so that every buffer is written
-over its old codes (see there): the update needs no temporary the size of a
-leaf beyond what float state needs.
+leaf, and ``_chunks.map_leaf`` orders the work so that every buffer is
+written over its old codes (see there): the update needs no temporary the
+size of a leaf beyond what float state needs.
 
 Memory: 1 byte + 4/``BLOCK`` bytes = 1.016 bytes per parameter and buffer.
 """
 
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +105,8 @@ _SIGNED8_BIAS = (127 - 15) << 23  # 2^-14: the binade of codes 8..15
 _SUBNORMAL = 2.0**-17  # signed8 codes 0..7: k * 2^-17, linear to 0
 _STEP = 0.125  # largest relative step between neighbouring codes
 _LOG8_INF = 255  # log8's code for a non-finite nu
+_SIGNED8_NAN = 128  # signed8's code for NaN (a "-0", never needed for 0)
+_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 # Dither streams, one per buffer, so that nu, mu and momentum round
 # independently.
@@ -181,14 +185,6 @@ def _dither(
   return mix32(x ^ (count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)))
 
 
-def _opaque_zero(x: jax.Array) -> jax.Array:
-  """An int32 0 that XLA cannot fold away: a data dependency on `x`."""
-  if jnp.issubdtype(x.dtype, jnp.floating):  # its top 8 bits: 0..255
-    bits = 8 * x.dtype.itemsize
-    x = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}")) >> (bits - 8)
-  return jnp.minimum(x.astype(jnp.int32), 0)
-
-
 def _to_float(bits: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
@@ -203,7 +199,31 @@ def _magnitude(form: str, codes: jax.Array) -> jax.Array:
   k = (codes & 0x7F).astype(jnp.int32)
   normal = _to_float((k << 20) + _SIGNED8_BIAS)
   magnitude = jnp.where(k >= 8, normal, k.astype(jnp.float32) * _SUBNORMAL)
-  return jnp.where(codes >= 128, -magnitude, magnitude)
+  value = jnp.where(codes >= 128, -magnitude, magnitude)
+  return jnp.where(codes == _SIGNED8_NAN, jnp.nan, value)
+
+
+def _relative(
+  magnitude: jax.Array, scales: jax.Array, top: float, segments: Segments
+) -> jax.Array:
+  """``top * magnitude / scale`` per element, in [0, top] (finite elements).
+
+  Not ``magnitude * (top / scale)``: that reciprocal is below float32's
+  smallest normal number, flushed to 0, for a scale above 2^126 (and XLA
+  turns a division by a broadcast scale into that product). Each block's
+  scale is split into ``2^e * m`` with ``m`` in [1, 2); ``magnitude / 2^e``
+  is an exact integer subtraction on the exponent bits, and ``top / m`` is
+  always a normal number. Magnitudes below the smallest normal are 0.
+  """
+  bits = jax.lax.bitcast_convert_type(scales, jnp.int32)
+  normal = scales >= _TINY
+  exponent = jnp.where(normal, (bits >> 23) - 127, 0)
+  mantissa = jnp.where(normal, _to_float(bits - (exponent << 23)), 1.0)
+  shifted = jax.lax.bitcast_convert_type(magnitude, jnp.int32) - (
+    _per_element(exponent, segments) << 23
+  )
+  x = jnp.where((magnitude >= _TINY) & (shifted > 0), _to_float(shifted), 0.0)
+  return jnp.minimum(x * _per_element(top / mantissa, segments), top)
 
 
 def _round(form: str, r: jax.Array, bits: jax.Array) -> jax.Array:
@@ -223,163 +243,143 @@ def _round(form: str, r: jax.Array, bits: jax.Array) -> jax.Array:
   return jnp.where(r >= 8 * _SUBNORMAL, normal, subnormal.astype(jnp.int32))
 
 
+class Codec(Protocol):
+  """One storage form of a state buffer.
+
+  ``init`` makes a buffer for a parameter, every element one value;
+  ``encode`` stores an array of values (`dtype`: the float form's dtype;
+  `count`, `stream` and `offset` seed the 8-bit forms' stochastic rounding,
+  `offset` being the index of the first element within its parameter, for a
+  chunk); ``decode`` gives the values back (float32 for the 8-bit forms).
+  The 8-bit forms return per-block scales beside their codes; the float form
+  None.
+  """
+
+  form: str
+
+  def stored_dtype(self, float_dtype: Any) -> Any: ...
+
+  def init(
+    self, p: Any, value: Any, dtype: Any, segments: Segments
+  ) -> tuple[jax.Array, jax.Array | None]: ...
+
+  def encode(
+    self,
+    value: jax.Array,
+    dtype: Any,
+    count: jax.Array,
+    stream: int,
+    segments: Segments,
+    offset: Any = 0,
+  ) -> tuple[jax.Array, jax.Array | None]: ...
+
+  def decode(
+    self, stored: jax.Array, scale: jax.Array | None, segments: Segments
+  ) -> jax.Array: ...
+
+
+class FloatCodec:
+  """A buffer in a float dtype of its own: stored as it is."""
+
+  form = "float"
+
+  def stored_dtype(self, float_dtype: Any) -> Any:
+    return float_dtype
+
+  def init(self, p, value, dtype, segments):
+    return jnp.full_like(p, value, dtype=dtype), None
+
+  def encode(self, value, dtype, count, stream, segments, offset=0):
+    return value.astype(dtype), None
+
+  def decode(self, stored, scale, segments):
+    return stored
+
+
+class BlockCodec:
+  """8-bit codes relative to each block's maximum finite magnitude (see the
+  module's docstring): "log8" (unsigned, nu) or "signed8" (mu, momentum)."""
+
+  def __init__(self, form: str):
+    self.form = form
+    self.top = _TOP[form]
+
+  def stored_dtype(self, float_dtype: Any) -> Any:
+    return jnp.dtype(jnp.uint8)
+
+  def init(self, p, value, dtype, segments):
+    value = jnp.asarray(value, jnp.float32)
+    if self.form == "log8":  # every element equals its block's maximum
+      code = jnp.where(value > 0, _LOG8_INF - 1, 0)
+    else:  # signed8: the largest magnitude code, with the value's sign
+      code = jnp.where(value == 0, 0, jnp.where(value > 0, 127, 255))
+    codes = jnp.full_like(p, code, dtype=jnp.uint8)
+    blocks = segments_blocks(segments)
+    return codes, jnp.full((blocks,), jnp.abs(value), dtype=jnp.float32)
+
+  def encode(self, value, dtype, count, stream, segments, offset=0):
+    flat = value.astype(jnp.float32).reshape(-1)
+    magnitude = jnp.abs(flat)
+    finite = magnitude < jnp.inf  # False for inf and NaN
+    scales = _block_max(jnp.where(finite, magnitude, 0.0), segments)
+    r = _relative(magnitude, scales, self.top, segments)
+    k = _round(self.form, r, _dither(segments, count, stream, offset))
+    if self.form == "log8":  # 0 stays 0; inf and NaN: inf (as float state's)
+      k = jnp.where(finite, jnp.where(magnitude > 0, k, 0), _LOG8_INF)
+    else:  # +-inf: the largest magnitude, signed; NaN: its own code ("-0")
+      k = jnp.where(finite, k, 127)
+      k = jnp.where((flat < 0) & (k > 0), k + 128, k)
+      k = jnp.where(jnp.isnan(flat), _SIGNED8_NAN, k)
+    return k.astype(jnp.uint8).reshape(value.shape), scales
+
+  def decode(self, stored, scale, segments):
+    assert scale is not None, "an 8-bit buffer needs its scales"
+    scale = _per_element(scale, segments) * (1 / self.top)
+    value = _magnitude(self.form, stored.reshape(-1)) * scale
+    return value.reshape(stored.shape)
+
+
+CODECS: dict[str, Codec] = {
+  "float": FloatCodec(),
+  "log8": BlockCodec("log8"),
+  "signed8": BlockCodec("signed8"),
+}
+
+
+def codec(form: str) -> Codec:
+  """The codec of storage form `form` (one of FORMS)."""
+  return CODECS[form]
+
+
+class Storage(NamedTuple):
+  """How one leaf's buffers are stored: each buffer's codec and dtype, and
+  the step count that seeds the 8-bit forms' rounding."""
+
+  codecs: dict[str, Codec]
+  dtypes: dict[str, Any]
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
+
+  def encode(
+    self, name: str, value: jax.Array, segments: Segments, offset: Any = 0
+  ) -> tuple[jax.Array, jax.Array | None]:
+    return self.codecs[name].encode(
+      value, self.dtypes[name], self.count, STREAMS[name], segments, offset
+    )
+
+  def decode(
+    self, name: str, stored: jax.Array, scale: jax.Array | None, segments: Segments
+  ) -> jax.Array:
+    return self.codecs[name].decode(stored, scale, segments)
+
+
+# The codecs by form name, as functions (tests and benchmarks call these).
+
+
 def init(
   form: str, p: Any, value: Any, dtype: Any, segments: Segments
 ) -> tuple[jax.Array, Any]:
   """A buffer for parameter `p`, every element `value`: (stored, scale)."""
-  if form == "float":
-    return jnp.full_like(p, value, dtype=dtype), None
-  blocks = segments_blocks(segments)
-  value = jnp.asarray(value, jnp.float32)
-  if form == "log8":  # every element equals its block's maximum
-    code = jnp.where(value > 0, _LOG8_INF - 1, 0)
-  else:  # signed8: the largest magnitude code, with the value's sign
-    code = jnp.where(value == 0, 0, jnp.where(value > 0, 127, 255))
-  codes = jnp.full_like(p, code, dtype=jnp.uint8)
-  return codes, jnp.full((blocks,), jnp.abs(value), dtype=jnp.float32)
-
-
-def decode(
-  form: str, stored: jax.Array, scale: jax.Array | None, segments: Segments
-) -> jax.Array:
-  """The stored buffer as an array of values (float32 for the 8-bit forms)."""
-  if form == "float":
-    return stored
-  assert scale is not None, "an 8-bit buffer needs its scales"
-  scale = _per_element(scale, segments) * (1 / _TOP[form])
-  return (_magnitude(form, stored.reshape(-1)) * scale).reshape(stored.shape)
-
-
-# Leaves of more elements than this are updated chunk by chunk when they
-# have an 8-bit buffer (see `update`). A multiple of BLOCK; a chunk's float32
-# values take 256 KiB.
-CHUNK = 1 << 16
-
-# math(elements, blocks, segments, store) -> anything: the update of one leaf
-# (or chunk) from its stored inputs. It calls store(name, new_value) once per
-# buffer, in order, and continues with the value store returns: the buffer as
-# stored (see `update`).
-Math = Callable[[dict[str, Any], dict[str, Any], Segments, Callable], Any]
-
-
-def _to_bits(x: jax.Array) -> jax.Array:
-  """A float array narrower than float32 as its bit pattern (an unsigned int
-  of its width); others as they are."""
-  if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype.itemsize >= 4:
-    return x
-  return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
-
-
-def _from_bits(x: jax.Array, dtype: Any) -> jax.Array:
-  """The inverse of _to_bits, to `dtype`."""
-  return x if x.dtype == dtype else jax.lax.bitcast_convert_type(x, dtype)
-
-
-def update(
-  math: Math,
-  elements: dict[str, jax.Array],
-  blocks: dict[str, jax.Array],
-  segments: Segments,
-  forms: dict[str, str],
-  dtypes: dict[str, Any],
-  count: jax.Array,
-) -> tuple[Any, dict[str, jax.Array], dict[str, jax.Array]]:
-  """Runs `math` on one leaf, storing each buffer in its form.
-
-  `elements` holds the leaf-shaped inputs (the gradient, the parameter, each
-  buffer as stored), `blocks` the 8-bit buffers' per-block scales, `forms`
-  and `dtypes` each buffer's storage form and dtype. Returns what `math`
-  returns, the stored buffers and the 8-bit ones' scales.
-
-  `math` continues with every buffer *as stored*: the decoded codes, or the
-  float buffer in its own dtype (for state as wide as the computation, as
-  optax's, that is the exact value: the same numbers as optax). The step
-  reads the state it leaves behind, and that is what lets XLA update a leaf
-  without a float32 copy of it: the new buffers are written over the old
-  ones and what follows (the step, the parameter update fused into it) reads
-  only them. On a leaf of more than ``CHUNK`` elements
-  this runs chunk by chunk in a loop (a block's maximum is needed before its
-  codes), since a reduction's input would otherwise be kept whole in memory
-  (XLA:CPU fuses into a reduction only plain arithmetic, not decoding or the
-  NaN filter).
-  """
-  stored: dict[str, jax.Array] = {}
-  scales: dict[str, jax.Array] = {}
-
-  def store_whole(k, value):
-    stored[k], scale = encode(forms[k], value, dtypes[k], count, STREAMS[k], segments)
-    if scale is not None:
-      scales[k] = scale
-    return decode(forms[k], stored[k], scale, segments).astype(value.dtype)
-
-  size = sum(_sizes(segments))
-  eight_bit = any(form != "float" for form in forms.values())
-  if not eight_bit or len(segments) != 1 or size <= CHUNK:
-    return math(elements, blocks, segments, store_whole), stored, scales
-
-  # A loop over chunks, each buffer (and 8-bit scales) carried and written
-  # in place, chunk after chunk.
-  ((leaf, shape),) = segments
-  # The inputs that are only read (the gradient, the parameter) enter the
-  # loop as their bit patterns where narrower than float32: XLA would
-  # otherwise widen them (a bfloat16 gradient, to float32 for the math)
-  # before the loop, a float32 copy of the whole leaf.
-  flat = {
-    k: v.reshape(-1) if k in forms else _to_bits(v.reshape(-1))
-    for k, v in elements.items()
-  }
-  dyn_read = lambda x, start, n: jax.lax.dynamic_slice(x, (start,), (n,))
-  dyn_write = lambda x, y, start: jax.lax.dynamic_update_slice(x, y, (start,))
-
-  def chunk(start, length, carry):
-    """Updates the elements [start, start + length) of every buffer."""
-    buffers, block_scales = carry
-    nb = num_blocks(length)
-    el = {k: dyn_read(buffers.get(k, v), start, length) for k, v in flat.items()}
-    el = {k: _from_bits(v, elements[k].dtype) for k, v in el.items()}
-    bl = {k: dyn_read(v, start // BLOCK, nb) for k, v in block_scales.items()}
-    segs = ((leaf, (length,)),)
-    buffers, block_scales = dict(buffers), dict(block_scales)
-    written: list[str] = []
-
-    def store(k, value):
-      codes, s = encode(
-        forms[k], value, dtypes[k], count, STREAMS[k], segs, offset=start
-      )
-      # Write the buffers in the order they are stored: a buffer computed
-      # from another's old values (the centered variance reads the old mean)
-      # is then written before that one is overwritten, and XLA needs no copy
-      # of the old buffer. The order is a data dependency: this write's
-      # offset adds a zero read from the buffers written before it.
-      at = start
-      for j in written:
-        at = at + _opaque_zero(buffers[j][start])
-      written.append(k)
-      buffers[k] = dyn_write(buffers[k], codes, at)
-      if s is not None:
-        block_scales[k] = dyn_write(block_scales[k], s, start // BLOCK)
-        s = dyn_read(block_scales[k], start // BLOCK, nb)
-      # Read back from the buffer just written, so that XLA cannot recompute
-      # the codes from the old ones after they are overwritten (it would
-      # copy the whole buffer to keep them).
-      codes = dyn_read(buffers[k], start, length)
-      return decode(forms[k], codes, s, segs).astype(value.dtype)
-
-    math(el, bl, segs, store)
-    return buffers, block_scales
-
-  carry = ({k: flat[k] for k in forms}, dict(blocks))
-  n = size // CHUNK
-  carry = jax.lax.fori_loop(0, n, lambda i, c: chunk(i * CHUNK, CHUNK, c), carry)
-  if size > n * CHUNK:
-    carry = chunk(n * CHUNK, size - n * CHUNK, carry)
-  stored = {k: v.reshape(shape) for k, v in carry[0].items()}
-  scales = carry[1]
-
-  def store_after(k, value):
-    return decode(forms[k], stored[k], scales.get(k), segments).astype(value.dtype)
-
-  return math(elements, blocks, segments, store_after), stored, scales
+  return CODECS[form].init(p, value, dtype, segments)
 
 
 def encode(
@@ -391,29 +391,17 @@ def encode(
   segments: Segments,
   offset: Any = 0,
 ) -> tuple[jax.Array, jax.Array | None]:
-  """`value` stored in `form` (`dtype` for "float"): (stored, scale).
+  """`value` stored in `form` (`dtype` for "float"): (stored, scale)."""
+  return CODECS[form].encode(value, dtype, count, stream, segments, offset)
 
-  `offset`: the index of `value`'s first element in its parameter (a chunk),
-  for the dither.
-  """
-  if form == "float":
-    return value.astype(dtype), None
-  flat = value.astype(jnp.float32).reshape(-1)
-  magnitude = jnp.abs(flat)
-  finite = magnitude < jnp.inf  # False for inf and NaN
-  scales = _block_max(jnp.where(finite, magnitude, 0.0), segments)
-  scale = _per_element(scales, segments)
-  top = _TOP[form]
-  r = jnp.minimum(magnitude * (top / jnp.where(scale > 0, scale, 1.0)), top)
-  k = _round(form, r, _dither(segments, count, stream, offset))
-  if form == "log8":  # 0 stays 0; inf and NaN: inf (as float state's inf)
-    k = jnp.where(finite, jnp.where(magnitude > 0, k, 0), _LOG8_INF)
-  else:  # +-inf: the largest magnitude; NaN: 0
-    k = jnp.where(finite, k, jnp.where(jnp.isnan(flat), 0, 127))
-    k = jnp.where((flat < 0) & (k > 0), k + 128, k)
-  return k.astype(jnp.uint8).reshape(value.shape), scales
+
+def decode(
+  form: str, stored: jax.Array, scale: jax.Array | None, segments: Segments
+) -> jax.Array:
+  """The stored buffer as an array of values (float32 for the 8-bit forms)."""
+  return CODECS[form].decode(stored, scale, segments)
 
 
 def stored_dtype(form: str, float_dtype: Any) -> Any:
   """The dtype a buffer of `form` is stored in."""
-  return float_dtype if form == "float" else jnp.dtype(jnp.uint8)
+  return CODECS[form].stored_dtype(float_dtype)

@@ -5,11 +5,17 @@ the centered mean, where eps sits, bias correction, momentum with the learning
 rate inside or after the buffer, weight decay and maximize. Everything else in
 the package (the framework presets included) only maps arguments onto
 :func:`rmsprop`.
+
+Read from the top: the equations of the docstring, one function per group
+(``_second_moment``, ``_centered_variance``, ``_normalized``, ...); one
+leaf's step (``_leaf_math``, which calls them in the docstring's order);
+the tree (``_apply``, jitted once per configuration and call signature);
+``init`` and ``update``. What the optimizer was built with is one frozen
+``_config.Config``; how each buffer is stored is a codec
+(``_quantize``); a big leaf's chunk loop is ``_chunks``.
 """
 
-import collections
 import functools
-import threading
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -17,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rms import _checks, _quantize
+from optax_rms import _checks, _chunks, _config, _jit_cache, _quantize, _validate
 from optax_rms._types import (
   Array,
   ArrayLike,
@@ -68,6 +74,11 @@ class RMSPropState(NamedTuple):
   momentum_scale: Updates | None = None
 
 
+# ---------------------------------------------------------------------------
+# The update, equation by equation (see the rmsprop docstring). Each function
+# is elementwise: it runs on a whole leaf or on a chunk of one.
+
+
 def _abs_sq(x: jax.Array) -> jax.Array:
   """|x|^2, real for complex x; the same HLO as optax for real x."""
   if jnp.iscomplexobj(x):
@@ -75,505 +86,409 @@ def _abs_sq(x: jax.Array) -> jax.Array:
   return jnp.square(x)
 
 
-def _statistic_dtype(param_dtype: Any, requested: jnp.dtype | None) -> jnp.dtype:
-  """Default dtype of nu (and of mu, whose square enters the variance).
+def _gradient(g: jax.Array, p: Any, wd: Any, *, maximize: bool, coupled: bool):
+  """g = -g (maximize); g = g + wd * p (coupled weight decay: L2, entering
+  the statistics, as PyTorch's weight_decay)."""
+  if maximize:
+    g = -g
+  if coupled:
+    g = g + wd * p
+  return g
 
-  The parameter's real dtype, as optax, except float16: squares of gradients
-  above 256 overflow it and below ~2.4e-4 underflow (and eps=1e-8 itself
-  rounds to 0), so its statistics are kept in float32. bfloat16 has float32's
-  exponent range and keeps its own dtype. float64 becomes float32 unless x64.
+
+def _second_moment(nu: jax.Array, g: jax.Array, decay: Any) -> jax.Array:
+  """nu = decay * nu + (1 - decay) * |g|^2, in optax's order of operations."""
+  return (1 - decay) * _abs_sq(g) + decay * nu
+
+
+def _first_moment(mu: jax.Array, g: jax.Array, decay: Any) -> jax.Array:
+  """mu = decay * mu + (1 - decay) * g, in optax's order of operations."""
+  return (1 - decay) * g + decay * mu
+
+
+def _debiased(x: jax.Array, b: Any) -> jax.Array:
+  """x_hat = x / b, b = 1 - decay^(t+1) (bias_correction; None: x)."""
+  return x if b is None else x / b.astype(x.dtype)
+
+
+def _centered_variance(nu_hat: jax.Array, mu_hat: jax.Array) -> jax.Array:
+  """v = max(nu_hat - |mu_hat|^2, 0): >= 0 in exact arithmetic; the clamp
+  catches the rounding error that would give sqrt(negative) = NaN."""
+  return jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
+
+
+def _variance_recurrence(
+  s: jax.Array, mu: jax.Array, g: jax.Array, decay: Any, b: Any, b_prev: Any
+) -> jax.Array:
+  """The centered variance's own recurrence, for state that stores it.
+
+  Without bias correction s = nu - |mu|^2 and, exactly,
+  s = decay * (s + (1 - decay) * |g - mu|^2). With it s = b * (nu_hat -
+  |mu_hat|^2) (b = 1 - decay^t, b' the previous step's, 0 at the first):
+  s = decay * (s + (1 - decay) * (b'/b) * |g - mu/b'|^2). Both add only
+  non-negative terms: no difference of two large numbers.
   """
-  if requested is not None:
-    return requested
-  real = jnp.finfo(param_dtype).dtype  # complex64 -> float32
-  if real == jnp.float16:
-    return jnp.dtype(jnp.float32)
-  return jax.dtypes.canonicalize_dtype(real)
+  if b is None:
+    return decay * (s + (1 - decay) * _abs_sq(g - mu))
+  b, b_prev = b.astype(s.dtype), b_prev.astype(s.dtype)
+  mean = mu / jnp.where(b_prev > 0, b_prev, 1)
+  return decay * (s + (1 - decay) * (_abs_sq(g - mean) * (b_prev / b)))
 
 
-def _buffer_dtype(
-  param_dtype: Any, requested: jnp.dtype | None, *, statistic: bool = False
-) -> jnp.dtype:
-  """Dtype of mu/momentum: as requested, made complex for complex params."""
-  is_complex = jnp.issubdtype(param_dtype, jnp.complexfloating)
-  if requested is None:
-    if statistic and not is_complex:
-      return _statistic_dtype(param_dtype, None)
-    return jax.dtypes.canonicalize_dtype(param_dtype)
-  if is_complex:
-    return jnp.promote_types(requested, jnp.complex64)
-  return requested
+def _normalized(g: jax.Array, v: jax.Array, eps: Any, eps_in_sqrt: bool):
+  """u = g / sqrt(v + eps) (eps_in_sqrt), else g / (sqrt(v) + eps)."""
+  if eps_in_sqrt:
+    return jax.lax.rsqrt(v + eps) * g
+  return 1 / (jnp.sqrt(v) + eps) * g
 
 
-def _state_dtype(
-  field: str,
-  param_dtype: Any,
-  *,
-  nu_dtype: jnp.dtype | None,
-  mu_dtype: jnp.dtype | None,
-  momentum_dtype: jnp.dtype | None,
-  forms: dict[str, str],
-) -> jnp.dtype:
-  """The dtype init gives state field `field` for a parameter of `param_dtype`.
+def _momentum_step(u: jax.Array, buf: jax.Array, neg_lr: Any, momentum: Any, c):
+  """The step from u and the new buffer b (`c`: the Config).
 
-  The one place that says which dtype each buffer is stored in: init makes
-  the buffers in it, and update checks a restored state against it (see
-  _checks.check_state_dtypes). `forms`: each buffer's storage form.
+  lr_in_momentum (optax, Keras, TF1; u is -lr * u here): s = b, Nesterov
+  s = -lr * u + momentum * b. PyTorch: s = -lr * b, Nesterov
+  s = -lr * (u + momentum * b).
   """
-  if field.endswith("_scale"):  # 8-bit per-block maxima
-    return jnp.dtype(jnp.float32)
-  if forms.get(field, "float") != "float":
-    return _quantize.stored_dtype(forms[field], None)
-  if field == "nu":
-    return _statistic_dtype(param_dtype, nu_dtype)
-  if field == "mu":
-    return _buffer_dtype(param_dtype, mu_dtype, statistic=True)
-  if field == "momentum":
-    return _buffer_dtype(param_dtype, momentum_dtype)
-  raise ValueError(f"unknown state field {field!r}")
+  s = u + momentum * buf if c.nesterov else buf
+  return s if c.lr_in_momentum else neg_lr * s
 
 
-def _math_dtype(stored: Any) -> jnp.dtype:
-  """The real dtype a stored buffer enters the math in (8-bit codes: float32)."""
-  if not jnp.issubdtype(stored, jnp.inexact):
-    return jnp.dtype(jnp.float32)
-  return jnp.dtype(jnp.finfo(stored).dtype)
+# ---------------------------------------------------------------------------
+# One leaf: the equations in order, each buffer stored as it is computed.
 
 
-class _Static(NamedTuple):
-  """The configuration that shapes the update's graph (hashable, jit-static)."""
+class Hyper(NamedTuple):
+  """The hyperparameters' values at this step (arrays or Python numbers)."""
 
-  name: str  # the optimizer's, for error messages
-  learning_rate_schedule: Callable[[jax.Array], Any] | None
-  has_learning_rate: bool
-  weight_decay_schedule: Callable[[jax.Array], Any] | None
-  weight_decay_mode: str | None  # None: off
-  weight_decay_mask: tuple[bool, ...]  # one flag per leaf
-  eps_in_sqrt: bool
-  centered: bool
-  has_momentum: bool
-  nesterov: bool
-  bias_correction: bool
-  lr_in_momentum: bool
-  maximize: bool
-  # Storage form of each buffer (_quantize.FORMS), and, when one is 8-bit,
-  # each leaf's parameters (_quantize.leaf_segments: where blocks are cut).
-  nu_form: str
-  mu_form: str
-  momentum_form: str
-  segments: tuple[Any, ...]
-  # Hyperparameters given as Python numbers, baked into the computation as
-  # constants: see _apply.
-  constants: tuple[tuple[str, float], ...] = ()
-  # check_hyperparams=True: checkify checks of the values not checked at
-  # construction (schedules, arrays from inject_hyperparams), at every step.
-  check_hyperparams: bool = False
-  # The requested state dtypes (None: the default), for _state_dtype.
-  nu_dtype: jnp.dtype | None = None
-  mu_dtype: jnp.dtype | None = None
-  momentum_dtype: jnp.dtype | None = None
+  count: jax.Array  # type: ignore[assignment]  # t + 1; shadows tuple.count
+  lr: Any
+  wd: Any
+  decay: Any
+  eps: Any
+  momentum: Any
+  debias: Any  # b = 1 - decay^(t+1), or None (no bias correction)
+  debias_prev: Any  # 1 - decay^t, for state that stores the variance
+
+
+def _leaf_math(
+  c: _config.Config, h: Hyper, decays: bool, x: dict[str, jax.Array], store: Any
+) -> jax.Array:
+  """One leaf's step from its inputs `x` (the gradient "g", the parameter
+  "p", each buffer decoded); `store(name, value)` stores a buffer and
+  returns it as stored, which is what the rest of the step reads."""
+  g, p = x["g"], x.get("p")
+  out_dtype = g.dtype
+  g, nu, mu, buf = _widened(g, x.get("nu"), x.get("mu"), x.get("momentum"))
+  coupled = decays and c.weight_decay_mode == "coupled"
+  g = _gradient(g, p, h.wd, maximize=c.maximize, coupled=coupled)
+  if c.variance_in_nu:
+    s = store("nu", _variance_recurrence(nu, mu, g, h.decay, h.debias, h.debias_prev))
+    store("mu", _first_moment(mu, g, h.decay))
+    v = jnp.maximum(_debiased(s, h.debias), 0)
+  else:
+    v = _debiased(store("nu", _second_moment(nu, g, h.decay)), h.debias)
+    if c.centered:
+      mu_hat = _debiased(store("mu", _first_moment(mu, g, h.decay)), h.debias)
+      v = _centered_variance(v, mu_hat)
+  u = _normalized(g, v, h.eps, c.eps_in_sqrt)
+  if not c.has_learning_rate:  # scale_by_rms: no lr, no sign flip
+    return u.astype(out_dtype)
+  neg_lr = jnp.asarray(-h.lr).astype(u.dtype)  # as optax: lr in u's dtype
+  if not c.has_momentum:
+    s = neg_lr * u
+  else:
+    if c.lr_in_momentum:  # b = momentum * b - lr * u
+      u = neg_lr * u
+    buf = store("momentum", u + h.momentum * buf)  # PyTorch: b = m * b + u
+    s = _momentum_step(u, buf, neg_lr, h.momentum, c)
+  if decays and c.weight_decay_mode == "decoupled":
+    s = s + (neg_lr * h.wd) * p  # AdamW-style: -lr * wd * p
+  return s.astype(out_dtype)
+
+
+def _widened(g: jax.Array, *buffers: Any) -> list[Any]:
+  """g and the buffers in the widest real dtype among them (None stays).
+
+  Casting the buffers up too (not only g) matters: `decay * nu` with a
+  bfloat16 nu would round decay itself to bfloat16 (0.99 -> 0.98828), and
+  the EMA's weights would no longer sum to 1 (nu settles ~15% low at decay
+  0.99). With every dtype equal (optax's case) nothing is cast.
+  """
+  present = [x for x in (g, *buffers) if x is not None]
+  wide = functools.reduce(
+    jnp.promote_types, [jnp.finfo(x.dtype).dtype for x in present]
+  )
+  return [
+    None if x is None else x.astype(jnp.promote_types(x.dtype, wide))
+    for x in (g, *buffers)
+  ]
+
+
+class Buffers(NamedTuple):
+  """One leaf's state buffers as stored (RMSPropState's fields but count)."""
+
+  nu: Any
+  mu: Any = None
+  momentum: Any = None
+  nu_scale: Any = None
+  mu_scale: Any = None
+  momentum_scale: Any = None
+
+
+def _leaf_update(
+  c: _config.Config,
+  h: Hyper,
+  g: jax.Array,
+  p: Any,
+  state: Buffers,
+  segments: _quantize.Segments,
+  decays: bool,
+) -> tuple[jax.Array, Buffers]:
+  """One leaf's step and new buffers; `decays`: its weight-decay flag."""
+  elements = {"g": g} if p is None else {"g": g, "p": p}
+  elements |= {k: getattr(state, k) for k in c.buffers}
+  blocks = {k: getattr(state, f"{k}_scale") for k in c.buffers}
+  storage = _quantize.Storage(
+    codecs={k: c.codec(k) for k in c.buffers},
+    dtypes={k: elements[k].dtype for k in c.buffers},
+    count=h.count,
+  )
+  step, stored, scales = _chunks.map_leaf(
+    functools.partial(_leaf_math, c, h, decays),
+    elements,
+    {k: v for k, v in blocks.items() if v is not None},
+    segments,
+    storage,
+  )
+  scales = {f"{k}_scale": v for k, v in scales.items()}
+  return step, Buffers(**stored, **scales)
+
+
+# ---------------------------------------------------------------------------
+# The whole tree, jitted once per configuration.
+
+
+class StepKey(NamedTuple):
+  """What one compiled step is for: the configuration and this call's
+  per-leaf facts (weight-decay flags, 8-bit blocks' segments)."""
+
+  config: _config.Config
+  decays: tuple[bool, ...]  # one weight-decay flag per leaf
+  segments: tuple[Any, ...]  # per leaf (_quantize.leaf_segments); () if no 8-bit
+  # The parameters' dtypes, per leaf, when update got parameters of the
+  # gradients' structure (the buffers' dtypes follow them), else None.
+  param_dtypes: tuple[Any, ...] | None = None
+
+
+def _hyperparameters(c: _config.Config, values: dict[str, Any], count: Any) -> Hyper:
+  """This step's hyperparameters: schedules evaluated at `count`."""
+  decay = values["decay"]
+  lr = values.get("learning_rate")
+  if c.learning_rate_schedule is not None:
+    lr = c.learning_rate_schedule(count)
+  wd = values.get("weight_decay")
+  if c.weight_decay_schedule is not None:
+    wd = c.weight_decay_schedule(count)
+  if c.check_hyperparams:
+    checked = {
+      "learning_rate": lr if c.has_learning_rate else None,
+      "weight_decay": wd if c.weight_decay_mode is not None else None,
+      "decay": decay,
+      "eps": values["eps"],
+      "momentum": values["momentum"] if c.has_momentum else None,
+    }
+    _checks.checkify_hyperparams(count, checked, constants=dict(c.constants))
+  count_inc = optax.safe_increment(count)
+  # As optax.tree.bias_correction: computed in float32 (decay**count can
+  # round to 1 in low precision), divided in the moment's own dtype.
+  debias = debias_prev = None
+  if c.bias_correction:
+    debias = 1 - decay**count_inc
+    debias_prev = 1 - decay**count if c.variance_in_nu else None
+  return Hyper(
+    count_inc, lr, wd, decay, values["eps"], values["momentum"], debias, debias_prev
+  )
+
+
+def _check_traced(
+  c: _config.Config, updates: Any, state: RMSPropState, param_dtypes: Any
+) -> None:
+  """Trees, shapes and dtypes are static: checked while tracing, so an
+  eager call pays for them once per signature (a mismatch is a new one)."""
+  _checks.check_state_matches(c.name, updates, state)
+  _checks.check_count(c.name, state.count)
+  _checks.check_gradients_inexact(c.name, updates)
+  _checks.check_state_dtypes(
+    c.name,
+    state,
+    # The buffers' dtypes follow the parameters' (when update got them, as
+    # init did), else the gradients'.
+    updates if param_dtypes is None else list(param_dtypes),
+    c.state_dtype,
+    Buffers._fields,
+  )
 
 
 def _apply(
   updates: optax.Updates,
   state: RMSPropState,
   params: optax.Params | None,
-  hyper: dict[str, Any],
-  static: _Static,
+  arrays: dict[str, Any],
+  key: StepKey,
 ) -> tuple[list[Any], RMSPropState]:
-  """One RMSprop step over a whole tree: the only place the math lives.
+  """One RMSprop step over a whole tree.
 
-  Run jitted, through :func:`_step_function` (one compiled step per
-  configuration, kept in a bounded cache), so that an eager call is one
-  dispatch instead of ~15 per leaf and eager and jitted calls compile the
-  same program. Python-number hyperparameters are static
-  (``static.constants``); array hyperparameters are arguments, so optimizers
-  rebuilt every step with new arrays (as ``optax.inject_hyperparams`` does)
-  reuse the compiled step.
+  Run jitted, through :func:`_step_function` (one compiled step per key, kept
+  in a bounded cache), so that an eager call is one dispatch instead of ~15
+  per leaf and eager and jitted calls compile the same program.
+  Hyperparameters that are Python numbers (``Config.constants``) are
+  compile-time constants here, as they are when a caller jits a step that
+  calls update: both calls then compile the same program, and eager and
+  jitted results agree bit for bit (as arguments, XLA may contract a
+  multiply-add into an FMA in one program and not in the other). Arrays
+  (inject_hyperparams) stay arguments, so optimizers rebuilt every step with
+  new arrays reuse the compiled step.
   """
-  # Hyperparameters that are Python numbers are compile-time constants here,
-  # as they are when a caller jits a step that calls update: both calls then
-  # compile the same program, and eager and jitted results agree bit for bit
-  # (as arguments, XLA may contract a multiply-add into an FMA in one program
-  # and not in the other). Arrays (inject_hyperparams) stay arguments.
-  hyper = {**hyper, **dict(static.constants)}
-  # Trees and shapes are static: checked here, while tracing, so an eager
-  # call pays for it once per signature (a mismatch is a new signature).
-  forms = {
-    "nu": static.nu_form,
-    "mu": static.mu_form,
-    "momentum": static.momentum_form,
-  }
-  _checks.check_state_matches(static.name, updates, state)
-  _checks.check_count(static.name, state.count)
-  _checks.check_gradients_inexact(static.name, updates)
-  _checks.check_state_dtypes(
-    static.name,
-    state,
-    # The buffers' dtypes follow the parameters' (here only with weight
-    # decay), else the gradients'.
-    updates if params is None else params,
-    lambda dtype, field: _state_dtype(
-      field,
-      dtype,
-      nu_dtype=static.nu_dtype,
-      mu_dtype=static.mu_dtype,
-      momentum_dtype=static.momentum_dtype,
-      forms=forms,
-    ),
-    ("nu", "nu_scale", "mu", "mu_scale", "momentum", "momentum_scale"),
-  )
-  # Any: jax's stubs omit PyTreeDef.flatten_up_to / num_leaves (they exist).
-  treedef: Any = jax.tree.structure(updates)
-  n_leaves = treedef.num_leaves
+  c = key.config
+  _check_traced(c, updates, state, key.param_dtypes)
+  h = _hyperparameters(c, {**arrays, **dict(c.constants)}, state.count)
+  treedef: Any = jax.tree.structure(updates)  # stubs lack flatten_up_to
 
   def leaves_of(tree: Any) -> list[Any]:
-    """One entry per gradient leaf; all None for a switched-off buffer."""
-    return [None] * n_leaves if tree is None else treedef.flatten_up_to(tree)
+    return [None] * treedef.num_leaves if tree is None else treedef.flatten_up_to(tree)
 
-  decay, eps, momentum = hyper["decay"], hyper["eps"], hyper["momentum"]
-  count = state.count
-  count_inc = optax.safe_increment(count)
-  if static.learning_rate_schedule is not None:
-    lr = static.learning_rate_schedule(count)
-  else:
-    lr = hyper["learning_rate"]
-  if static.weight_decay_schedule is not None:
-    wd = static.weight_decay_schedule(count)
-  else:
-    wd = hyper["weight_decay"]
-  if static.check_hyperparams:
-    _checks.checkify_hyperparams(
-      count,
-      {
-        "learning_rate": lr if static.has_learning_rate else None,
-        "weight_decay": wd if static.weight_decay_mode is not None else None,
-        "decay": decay,
-        "eps": eps,
-        "momentum": momentum if static.has_momentum else None,
-      },
-      constants=dict(static.constants),
-    )
-  coupled_wd = static.weight_decay_mode == "coupled"
-  decoupled_wd = static.weight_decay_mode == "decoupled"
-  # As optax.tree.bias_correction: computed in float32 (decay**count can
-  # round to 1 in low precision), divided in the moment's own dtype.
-  debias = 1 - decay**count_inc if static.bias_correction else None
-
-  def leaf(index, g, nu, nu_scale, mu, mu_scale, mom, mom_scale, p, decay_this_leaf):
-    out_dtype = g.dtype
-    segments = static.segments[index] if static.segments else ()
-    # Everything read elementwise (gradient, parameter, each stored buffer)
-    # and each 8-bit buffer's per-block scales.
-    elements = {"g": g, "nu": nu, "mu": mu, "momentum": mom, "p": p}
-    elements = {k: v for k, v in elements.items() if v is not None}
-    blocks = {"nu": nu_scale, "mu": mu_scale, "momentum": mom_scale}
-    blocks = {k: v for k, v in blocks.items() if v is not None}
-    buffers = [k for k in ("nu", "mu", "momentum") if k in elements]
-    stored_dtype = {k: elements[k].dtype for k in buffers}
-
-    def leaf_math(elements, blocks, segments, store):
-      """One step from what is stored: see _quantize.update.
-
-      Elementwise, so that it also runs on a chunk of the leaf. Each buffer
-      is decoded from its storage form (its own dtype, or 8-bit codes ->
-      float32) and its new value handed to `store`, which stores it and
-      returns the value the rest of the step uses.
-      """
-      g, p = elements["g"], elements.get("p")
-      old = {
-        k: _quantize.decode(forms[k], elements[k], blocks.get(k), segments)
-        for k in buffers
-      }
-      nu, mu, mom = old["nu"], old.get("mu"), old.get("momentum")
-      # The math runs in the widest real dtype among the gradient and the
-      # state buffers; each buffer is stored back in its own dtype. Casting
-      # the buffers up too (not only g) matters: `decay * nu` with a bfloat16
-      # nu would round decay itself to bfloat16 (0.99 -> 0.98828), and the
-      # EMA's weights would no longer sum to 1 (nu settles ~15% low at decay
-      # 0.99). With every dtype equal (optax's case) nothing is cast.
-      wide = functools.reduce(
-        jnp.promote_types,
-        [jnp.finfo(x.dtype).dtype for x in (g, nu, mu, mom) if x is not None],
-      )
-
-      def widen(x):
-        return None if x is None else x.astype(jnp.promote_types(x.dtype, wide))
-
-      g, nu, mu, mom = widen(g), widen(nu), widen(mu), widen(mom)
-      if static.maximize:
-        g = -g
-      if coupled_wd and decay_this_leaf:
-        g = g + wd * p  # L2: enters the statistics (PyTorch's weight_decay).
-
-      if static.centered and (forms["nu"] != "float" or forms["mu"] != "float"):
-        # Centered, with nu or mu in 8 bits: nu holds the variance
-        # nu - |mu|^2 itself, as its exact recurrence
-        # var = rho * (var + (1 - rho) |g - mu|^2): a few-% code of either
-        # would make their difference meaningless wherever |mu|^2 is close
-        # to nu.
-        new_var = store("nu", decay * (nu + (1 - decay) * _abs_sq(g - mu)))
-        new_mu = store("mu", (1 - decay) * g + decay * mu)
-        if debias is not None:  # nu_hat - |mu_hat|^2, nu = var + |mu|^2
-          b = debias.astype(new_var.dtype)
-          new_var = new_var / b + _abs_sq(new_mu) * ((b - 1) / (b * b))
-        var = jnp.maximum(new_var, 0)
-      else:
-        # Second moment (and first, centered) -- optax's order of operations.
-        new_nu = store("nu", (1 - decay) * _abs_sq(g) + decay * nu)
-        nu_hat = new_nu if debias is None else new_nu / debias.astype(new_nu.dtype)
-        if static.centered:
-          new_mu = store("mu", (1 - decay) * g + decay * mu)
-          mu_hat = new_mu if debias is None else new_mu / debias.astype(new_mu.dtype)
-          # nu - |mu|^2 >= 0 in exact arithmetic; clamp the rounding error that
-          # would otherwise give sqrt(negative) = NaN.
-          var = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
-        else:
-          var = nu_hat
-      if static.eps_in_sqrt:
-        u = jax.lax.rsqrt(var + eps) * g
-      else:
-        u = 1 / (jnp.sqrt(var) + eps) * g
-      if not static.has_momentum:
-        return u, None
-      if static.lr_in_momentum:  # optax / Keras / TF1: buf = m*buf - lr*u
-        u = jnp.asarray(-lr).astype(u.dtype) * u  # as optax: lr in u's dtype
-      return u, store("momentum", u + momentum * mom)  # PyTorch: buf = m*buf + u
-
-    (u, new_mom), stored, stored_scale = _quantize.update(
-      leaf_math,
-      elements,
-      blocks,
-      segments,
-      {k: forms[k] for k in buffers},
-      stored_dtype,
-      count_inc,
-    )
-
-    if not static.has_learning_rate:  # scale_by_rms: no lr, no sign flip.
-      step = u
-    else:
-      neg_lr = jnp.asarray(-lr).astype(u.dtype)  # as optax: lr in u's dtype
-      if not static.has_momentum:
-        step = neg_lr * u
-      elif static.lr_in_momentum:  # u is -lr * u here: step = buf (Nesterov:
-        step = u + momentum * new_mom if static.nesterov else new_mom  # -lr*u+m*buf)
-      else:  # PyTorch: step = -lr * buf (Nesterov: -lr * (u + m * buf))
-        step = neg_lr * (u + momentum * new_mom if static.nesterov else new_mom)
-      if decoupled_wd and decay_this_leaf:
-        step = step + (neg_lr * wd) * p  # AdamW-style: -lr * wd * p.
-
-    mom_dtype = stored_dtype.get("momentum")
-    if static.has_momentum and step is new_mom and mom_dtype == out_dtype:
-      # The step is the new momentum buffer itself: update() returns that one
-      # array twice (as optax.trace does), instead of this computation
-      # returning a copy of it (one more kernel per leaf in an eager call).
-      out_step = None
-    else:
-      out_step = step.astype(out_dtype)
-    return (
-      out_step,
-      stored["nu"],
-      stored_scale.get("nu"),
-      stored.get("mu"),
-      stored_scale.get("mu"),
-      stored.get("momentum"),
-      stored_scale.get("momentum"),
-    )
-
-  # update() has checked that the state's buffers match the static config.
-  out = [
-    leaf(*args)
-    for args in zip(
-      range(n_leaves),
-      leaves_of(updates),
-      leaves_of(state.nu),
-      leaves_of(state.nu_scale),
-      leaves_of(state.mu),
-      leaves_of(state.mu_scale),
-      leaves_of(state.momentum),
-      leaves_of(state.momentum_scale),
-      leaves_of(params),
-      static.weight_decay_mask,
-      strict=True,
+  per_leaf = zip(*(leaves_of(getattr(state, f)) for f in Buffers._fields), strict=True)
+  segments = key.segments or ((),) * treedef.num_leaves
+  outs = [
+    _leaf_update(c, h, g, p, Buffers(*buffers), segs, decays)
+    for g, p, buffers, segs, decays in zip(
+      leaves_of(updates), leaves_of(params), per_leaf, segments, key.decays, strict=True
     )
   ]
-  steps, nus, nu_scales, mus, mu_scales, moms, mom_scales = (
-    zip(*out, strict=True) if out else ([],) * 7
-  )
-  unflatten = lambda xs: jax.tree.unflatten(treedef, list(xs))
-  eight_bit = lambda form, xs: unflatten(xs) if form != "float" else None
-  new_state = RMSPropState(
-    count=count_inc,
-    nu=unflatten(nus),
-    mu=unflatten(mus) if static.centered else None,
-    momentum=unflatten(moms) if static.has_momentum else None,
-    nu_scale=eight_bit(static.nu_form, nu_scales),
-    mu_scale=eight_bit(static.mu_form, mu_scales) if static.centered else None,
-    momentum_scale=(
-      eight_bit(static.momentum_form, mom_scales) if static.has_momentum else None
-    ),
-  )
-  # A None step is the new momentum buffer (see leaf); update() fills it in.
-  return list(steps), new_state
+  fields = {
+    f: treedef.unflatten([getattr(b, f) for _, b in outs])
+    for f in Buffers._fields
+    if outs and getattr(outs[0][1], f) is not None
+  }
+  if not outs:  # an empty tree: every buffer an empty tree
+    fields = {f: treedef.unflatten([]) for f in _state_fields(c)}
+  return [s for s, _ in outs], RMSPropState(count=h.count, **fields)
 
 
-# Compiled steps, one per configuration (_Static, constants included), least
-# recently used first. Python-number hyperparameters are compile-time
-# constants of the step (see _apply): that is what makes an eager update equal
-# the same update inside the user's jit bit for bit (benchmarks/eager_cache.md
-# measures both), and it costs one compile per distinct value. The cache is
-# bounded so that a sweep over many values (or many schedule objects, which
-# are keys by identity) does not hold every compiled step, and the closures
-# in their keys, for the life of the process: the oldest is dropped, with its
-# compiled executable. CACHE_SIZE is far above the number of configurations
-# one program updates in turn (one per optimizer, or per multi_transform
-# label); more than that, updated round-robin in eager mode, would recompile.
-CACHE_SIZE = 64
-_compiled: collections.OrderedDict[_Static, Callable[..., Any]] = (
-  collections.OrderedDict()
-)
-_compiled_lock = threading.Lock()
+def _state_fields(c: _config.Config) -> list[str]:
+  """The RMSPropState fields (but count) this configuration fills."""
+  eight_bit = [f"{k}_scale" for k in c.buffers if c.form(k) != "float"]
+  return list(c.buffers) + eight_bit
 
 
-def _step_function(static: _Static) -> Callable[..., Any]:
-  """The jitted step of configuration `static`, from the bounded cache."""
-  with _compiled_lock:
-    fn = _compiled.get(static)
-    if fn is not None:
-      _compiled.move_to_end(static)
-      return fn
-    fn = jax.jit(functools.partial(_apply, static=static))
-    _compiled[static] = fn
-    while len(_compiled) > CACHE_SIZE:
-      _compiled.popitem(last=False)
-    return fn
+def _step_function(key: StepKey) -> Callable[..., Any]:
+  """The jitted step of `key`, from the bounded cache (_jit_cache)."""
+  return _jit_cache.jitted(_apply, key)
 
 
 def _cache_size() -> int:
   """How many compiled-step configurations the cache holds (for tests)."""
-  return len(_compiled)
+  return _jit_cache.size()
+
+
+# ---------------------------------------------------------------------------
+# init and update.
+
+
+def _check_eps(c: _config.Config, params: optax.Params, eps: Any) -> None:
+  """eps must be a normal number in each leaf's compute dtype (see _widened)."""
+  for param_dtype in {jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves(params)}:
+    compute = functools.reduce(
+      jnp.promote_types,
+      [_config.math_dtype(param_dtype)]
+      + [_config.math_dtype(c.state_dtype(param_dtype, f)) for f in c.buffers],
+    )
+    _validate.check_eps_normal(
+      c.name, eps, compute, where=f"the update of a {param_dtype} parameter runs in"
+    )
+
+
+def _init(c: _config.Config, eps: Any, params: optax.Params) -> RMSPropState:
+  # Python numbers as leaves are accepted, as optax does ({'w': 3.0}).
+  params = _checks.python_scalars_as_arrays(params)
+  _checks.check_params_inexact(c.name, params)
+  _check_eps(c, params, eps)
+  if any(c.form(k) == "signed8" for k in c.buffers):
+    _checks.check_params_real(c.name, params, "mu_quantization / momentum_quantization")
+  leaves, treedef = jax.tree.flatten(params)
+  segments = _quantize.leaf_segments(params) if c.eight_bit else [()] * len(leaves)
+  fields = {}
+  for name in c.buffers:
+    value = c.initial_scale if name == "nu" else 0
+    pairs = [
+      c.codec(name).init(p, value, c.state_dtype(p.dtype, name), segs)
+      for p, segs in zip(leaves, segments, strict=True)
+    ]
+    fields[name] = jax.tree.unflatten(treedef, [stored for stored, _ in pairs])
+    if c.form(name) != "float":
+      scales = [scale for _, scale in pairs]
+      fields[f"{name}_scale"] = jax.tree.unflatten(treedef, scales)
+  return RMSPropState(count=jnp.zeros([], jnp.int32), **fields)
+
+
+_CHECKIFY_NEEDED = (
+  "{name}(check_hyperparams=True) puts jax.experimental.checkify checks into "
+  "the step; they only run under checkify.checkify, not eagerly nor under a "
+  "plain jax.jit. Run the update (or the train step that calls it) as "
+  "err, out = checkify.checkify(step)(...) and call err.throw(); or build "
+  "the optimizer with check_hyperparams=False."
+)
+
+
+def _update(
+  c: _config.Config,
+  arrays: dict[str, Any],
+  updates: optax.Updates,
+  state: RMSPropState,
+  params: optax.Params | None,
+) -> tuple[optax.Updates, RMSPropState]:
+  _checks.check_state_type(c.name, state, RMSPropState)
+  _checks.check_state(
+    c.name,
+    state,
+    centered=c.centered,
+    has_momentum=c.has_momentum,
+    forms=dict(zip(_config.BUFFERS, c.forms, strict=True)),
+  )
+  treedef: Any = jax.tree.structure(updates)  # stubs lack num_leaves
+  decays = (False,) * treedef.num_leaves
+  param_dtypes = None
+  if params is not None and jax.tree.structure(params) == treedef:
+    param_dtypes = tuple(jnp.result_type(p) for p in jax.tree.leaves(params))
+  if c.weight_decay_mode is None:
+    params = None
+  else:
+    if params is None:
+      raise ValueError(
+        f"{c.name}: weight_decay needs the parameters; call "
+        "update(grads, state, params)."
+      )
+    _checks.check_params_match(c.name, updates, params)
+    mask = _checks.resolve_mask(c.weight_decay_mask, params)
+    decays = tuple(mask) if mask is not None else (True,) * treedef.num_leaves
+  segments = tuple(_quantize.leaf_segments(updates)) if c.eight_bit else ()
+  key = StepKey(c, decays, segments, param_dtypes)
+  try:
+    steps, new_state = _step_function(key)(updates, state, params, arrays)
+  except ValueError as e:
+    if c.check_hyperparams and "checkify" in str(e):
+      raise ValueError(_CHECKIFY_NEEDED.format(name=c.name)) from e
+    raise
+  return treedef.unflatten(steps), new_state
 
 
 def _transformation(
-  *,
-  learning_rate: ScalarOrSchedule | None,
-  decay: Any,
-  eps: Any,
-  initial_scale: Any,
-  eps_in_sqrt: bool,
-  centered: bool,
-  momentum: Any | None,
-  nesterov: bool,
-  bias_correction: bool,
-  weight_decay: ScalarOrSchedule | None,
-  weight_decay_mask: Any,
-  weight_decay_mode: WeightDecayMode,
-  lr_in_momentum: bool,
-  maximize: bool,
-  nu_dtype: jnp.dtype | None,
-  mu_dtype: jnp.dtype | None,
-  momentum_dtype: jnp.dtype | None,
-  nu_form: str,
-  mu_form: str,
-  momentum_form: str,
-  name: str,
-  check_hyperparams: bool = False,
+  c: _config.Config, arrays: dict[str, Any], eps: Any
 ) -> tuple[Callable[..., RMSPropState], Callable[..., Any]]:
-  """Builds (init_fn, update_fn) for the validated configuration.
-
-  ``learning_rate=None`` means no learning rate and no sign flip: the update is
-  the rescaled gradient (that is :func:`scale_by_rms`).
-  """
-  # A literal 0 switches weight decay off; anything else (a schedule, an array
-  # from inject_hyperparams) keeps it in the graph.
-  use_wd = weight_decay is not None and not (
-    isinstance(weight_decay, (int, float)) and weight_decay == 0
-  )
-  hyper = {
-    "decay": decay,
-    "eps": eps,
-    "momentum": momentum,
-    "learning_rate": None if callable(learning_rate) else learning_rate,
-    "weight_decay": None if callable(weight_decay) or not use_wd else weight_decay,
-  }
-  # Python numbers are static (see _apply); everything else is an argument.
-  constants = tuple(
-    (k, float(v))
-    for k, v in hyper.items()
-    if isinstance(v, (int, float)) and not isinstance(v, bool)
-  )
-  hyper = {k: v for k, v in hyper.items() if k not in dict(constants)}
-
-  forms = {"nu": nu_form, "mu": mu_form, "momentum": momentum_form}
-  eight_bit = any(form != "float" for form in forms.values())
-
-  def state_dtype(field: str, param_dtype: Any) -> jnp.dtype:
-    return _state_dtype(
-      field,
-      param_dtype,
-      nu_dtype=nu_dtype,
-      mu_dtype=mu_dtype,
-      momentum_dtype=momentum_dtype,
-      forms=forms,
-    )
-
-  fields = ["nu"] + ["mu"] * centered + ["momentum"] * (momentum is not None)
-
-  def check_eps(params: optax.Params) -> None:
-    """eps must be a normal number in each leaf's compute dtype (see leaf)."""
-    seen = set()
-    for leaf in jax.tree.leaves(params):
-      param_dtype = jnp.dtype(leaf.dtype)
-      if param_dtype in seen:
-        continue
-      seen.add(param_dtype)
-      compute = functools.reduce(
-        jnp.promote_types,
-        [_math_dtype(param_dtype)]
-        + [_math_dtype(state_dtype(f, param_dtype)) for f in fields],
-      )
-      _checks.check_eps_normal(
-        name, eps, compute, where=f"the update of a {param_dtype} parameter runs in"
-      )
+  """(init_fn, update_fn) of a resolved configuration."""
 
   def init_fn(params: optax.Params) -> RMSPropState:
-    # Python numbers as leaves are accepted, as optax does ({'w': 3.0}).
-    params = _checks.python_scalars_as_arrays(params)
-    _checks.check_params_inexact(name, params)
-    check_eps(params)
-    leaves, treedef = jax.tree.flatten(params)
-    segments = _quantize.leaf_segments(params) if eight_bit else [()] * len(leaves)
-
-    def buffer(field, value, dtype_of):
-      """(stored, scale) trees of one buffer, every element `value`."""
-      pairs = [
-        _quantize.init(forms[field], p, value, dtype_of(p.dtype), segs)
-        for p, segs in zip(leaves, segments, strict=True)
-      ]
-      stored = treedef.unflatten([s for s, _ in pairs])
-      scale = treedef.unflatten([c for _, c in pairs])
-      return stored, scale if forms[field] != "float" else None
-
-    if forms["mu"] != "float" or forms["momentum"] != "float":
-      _checks.check_params_real(name, params, "mu_quantization / momentum_quantization")
-    nu, nu_scale = buffer("nu", initial_scale, lambda dt: state_dtype("nu", dt))
-    mu = mu_scale = momentum_buffer = momentum_scale = None
-    if centered:
-      mu, mu_scale = buffer("mu", 0, lambda dt: state_dtype("mu", dt))
-    if momentum is not None:
-      momentum_buffer, momentum_scale = buffer(
-        "momentum", 0, lambda dt: state_dtype("momentum", dt)
-      )
-    return RMSPropState(
-      count=jnp.zeros([], jnp.int32),
-      nu=nu,
-      mu=mu,
-      momentum=momentum_buffer,
-      nu_scale=nu_scale,
-      mu_scale=mu_scale,
-      momentum_scale=momentum_scale,
-    )
+    return _init(c, eps, params)
 
   def update_fn(
     updates: optax.Updates,
@@ -582,56 +497,7 @@ def _transformation(
     **extra_args: Any,
   ) -> tuple[optax.Updates, RMSPropState]:
     del extra_args
-    _checks.check_state_type(name, state, RMSPropState)
-    _checks.check_state(
-      name,
-      state,
-      centered=centered,
-      has_momentum=momentum is not None,
-      forms=forms,
-    )
-    # Any: jax's stubs omit PyTreeDef.num_leaves / flatten_up_to (they exist).
-    treedef: Any = jax.tree.structure(updates)
-    if use_wd:
-      if params is None:
-        raise ValueError(
-          f"{name}: weight_decay needs the parameters; call "
-          "update(grads, state, params)."
-        )
-      _checks.check_params_match(name, updates, params)
-      mask = _checks.resolve_mask(weight_decay_mask, params)
-      flags = tuple(mask) if mask is not None else (True,) * treedef.num_leaves
-    else:
-      params, flags = None, (False,) * treedef.num_leaves
-    static = _Static(
-      name=name,
-      learning_rate_schedule=learning_rate if callable(learning_rate) else None,
-      has_learning_rate=learning_rate is not None,
-      weight_decay_schedule=weight_decay if callable(weight_decay) else None,
-      weight_decay_mode=weight_decay_mode if use_wd else None,
-      weight_decay_mask=flags,
-      eps_in_sqrt=eps_in_sqrt,
-      centered=centered,
-      has_momentum=momentum is not None,
-      nesterov=nesterov,
-      bias_correction=bias_correction,
-      lr_in_momentum=lr_in_momentum,
-      maximize=maximize,
-      nu_form=nu_form,
-      mu_form=mu_form,
-      momentum_form=momentum_form,
-      segments=tuple(_quantize.leaf_segments(updates)) if eight_bit else (),
-      constants=constants,
-      check_hyperparams=check_hyperparams,
-      nu_dtype=nu_dtype,
-      mu_dtype=mu_dtype,
-      momentum_dtype=momentum_dtype,
-    )
-    steps, new_state = _step_function(static)(updates, state, params, hyper)
-    if static.has_momentum:
-      moms = treedef.flatten_up_to(new_state.momentum)
-      steps = [m if s is None else s for s, m in zip(steps, moms, strict=True)]
-    return treedef.unflatten(steps), new_state
+    return _update(c, arrays, updates, state, params)
 
   return init_fn, update_fn
 
@@ -645,20 +511,42 @@ def _validate_core(
   centered: Any,
   bias_correction: Any,
 ) -> None:
-  _checks.check_range("decay", decay, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("decay", decay, low=0.0, high=1.0, high_open=True)
   # eps == 0 divides by zero wherever nu is 0 (a gradient element that has been
   # zero so far, or a constant gradient when centered): 0 * inf = NaN.
-  _checks.check_range("eps", eps, low=0.0, low_open=True)
+  _validate.check_range("eps", eps, low=0.0, low_open=True)
   # ... and so does an eps that rounds to 0 (or to a subnormal, flushed to 0)
   # in the step's dtype: checked here against the widest dtype a step can run
   # in, and per parameter dtype at init (float16 state: 6.1e-5).
-  _checks.check_eps_normal(
-    name, eps, _checks.smallest_normal_bound(), where="an update can run in at best"
+  _validate.check_eps_normal(
+    name, eps, _validate.smallest_normal_bound(), where="an update can run in at best"
   )
-  _checks.check_range("initial_scale", initial_scale, low=0.0)
-  _checks.check_bool("eps_in_sqrt", eps_in_sqrt)
-  _checks.check_bool("centered", centered)
-  _checks.check_bool("bias_correction", bias_correction)
+  _validate.check_range("initial_scale", initial_scale, low=0.0)
+  _validate.check_bool("eps_in_sqrt", eps_in_sqrt)
+  _validate.check_bool("centered", centered)
+  _validate.check_bool("bias_correction", bias_correction)
+
+
+def _storage(
+  dtypes: tuple[Any, Any, Any],
+  quantizations: tuple[Any, Any, Any],
+  *,
+  centered: Any,
+  momentum: Any,
+) -> tuple[tuple[str, str, str], tuple[Any, Any, Any]]:
+  """Validated (storage forms, float dtypes) of nu, mu and momentum."""
+  needs = (None, ("centered=True", centered), ("momentum", momentum))
+  forms = tuple(
+    _validate.check_quantization(buffer, quantization, dtype, need)
+    for buffer, quantization, dtype, need in zip(
+      _config.BUFFERS, quantizations, dtypes, needs, strict=True
+    )
+  )
+  canonical = tuple(
+    _validate.canonical_dtype(f"{buffer}_dtype", dtype, allow_complex=buffer != "nu")
+    for buffer, dtype in zip(_config.BUFFERS, dtypes, strict=True)
+  )
+  return forms, canonical  # type: ignore[return-value]
 
 
 def scale_by_rms(
@@ -708,39 +596,30 @@ def scale_by_rms(
     >>> print([f"{u:.4f}" for u in updates])
     ['1.4142', '1.4142']
   """
+  name = "optax_rms.scale_by_rms"
   _validate_core(
-    "optax_rms.scale_by_rms",
-    decay,
-    eps,
-    initial_scale,
-    eps_in_sqrt,
-    centered,
-    bias_correction,
+    name, decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction
   )
-  init_fn, update_fn = _transformation(
+  config, arrays = _config.resolve(
+    name=name,
     learning_rate=None,
     decay=decay,
     eps=eps,
-    initial_scale=initial_scale,
+    momentum=None,
+    weight_decay=None,
+    weight_decay_mode="coupled",
+    weight_decay_mask=None,
     eps_in_sqrt=bool(eps_in_sqrt),
     centered=bool(centered),
-    momentum=None,
-    nesterov=False,
     bias_correction=bool(bias_correction),
-    weight_decay=None,
-    weight_decay_mask=None,
-    weight_decay_mode="coupled",
-    lr_in_momentum=True,
-    maximize=False,
-    nu_dtype=_checks.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
-    mu_dtype=None,
-    momentum_dtype=None,
-    nu_form="float",
-    mu_form="float",
-    momentum_form="float",
-    name="optax_rms.scale_by_rms",
+    dtypes=(
+      _validate.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
+      None,
+      None,
+    ),
+    initial_scale=initial_scale,
   )
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(*_transformation(config, arrays, eps))
 
 
 def rmsprop(
@@ -915,60 +794,50 @@ def rmsprop(
     >>> bool(jnp.allclose(params, ref, rtol=2e-6, atol=5e-7))  # float32 rounding
     True
   """
+  name = "optax_rms.rmsprop"
   _validate_core(
-    "optax_rms.rmsprop",
-    decay,
-    eps,
-    initial_scale,
-    eps_in_sqrt,
-    centered,
-    bias_correction,
+    name, decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction
   )
-  _checks.check_scalar_or_schedule("learning_rate", learning_rate)
+  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
   if momentum is not None:
-    _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
-  _checks.check_bool("nesterov", nesterov)
+    _validate.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  _validate.check_bool("nesterov", nesterov)
   if nesterov and momentum is None:
     raise ValueError(
       "nesterov=True needs momentum (a number in [0, 1)), got momentum=None."
     )
   if weight_decay is not None:
-    _checks.check_scalar_or_schedule("weight_decay", weight_decay)
-  _checks.check_choice("weight_decay_mode", weight_decay_mode, ("coupled", "decoupled"))
-  _checks.check_bool("lr_in_momentum", lr_in_momentum)
-  _checks.check_bool("maximize", maximize)
-  _checks.check_bool("check_hyperparams", check_hyperparams)
-  forms = {}
-  for buffer, quantization, dtype, needs in (
-    ("nu", nu_quantization, nu_dtype, None),
-    ("mu", mu_quantization, mu_dtype, ("centered=True", centered)),
-    ("momentum", momentum_quantization, momentum_dtype, ("momentum", momentum)),
-  ):
-    forms[buffer] = _checks.check_quantization(buffer, quantization, dtype, needs)
-  init_fn, update_fn = _transformation(
+    _validate.check_scalar_or_schedule("weight_decay", weight_decay)
+  _validate.check_choice(
+    "weight_decay_mode", weight_decay_mode, ("coupled", "decoupled")
+  )
+  _validate.check_bool("lr_in_momentum", lr_in_momentum)
+  _validate.check_bool("maximize", maximize)
+  _validate.check_bool("check_hyperparams", check_hyperparams)
+  forms, dtypes = _storage(
+    (nu_dtype, mu_dtype, momentum_dtype),
+    (nu_quantization, mu_quantization, momentum_quantization),
+    centered=centered,
+    momentum=momentum,
+  )
+  config, arrays = _config.resolve(
+    name=name,
     learning_rate=learning_rate,
     decay=decay,
     eps=eps,
-    initial_scale=initial_scale,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    weight_decay_mode=weight_decay_mode,
+    weight_decay_mask=weight_decay_mask,
     eps_in_sqrt=bool(eps_in_sqrt),
     centered=bool(centered),
-    momentum=momentum,
     nesterov=bool(nesterov),
     bias_correction=bool(bias_correction),
-    weight_decay=weight_decay,
-    weight_decay_mask=weight_decay_mask,
-    weight_decay_mode=weight_decay_mode,
     lr_in_momentum=bool(lr_in_momentum),
     maximize=bool(maximize),
-    nu_dtype=_checks.canonical_dtype("nu_dtype", nu_dtype, allow_complex=False),
-    mu_dtype=_checks.canonical_dtype("mu_dtype", mu_dtype, allow_complex=True),
-    momentum_dtype=_checks.canonical_dtype(
-      "momentum_dtype", momentum_dtype, allow_complex=True
-    ),
-    nu_form=forms["nu"],
-    mu_form=forms["mu"],
-    momentum_form=forms["momentum"],
-    name="optax_rms.rmsprop",
+    forms=forms,
+    dtypes=dtypes,
     check_hyperparams=bool(check_hyperparams),
+    initial_scale=initial_scale,
   )
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(*_transformation(config, arrays, eps))

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from optax_rms import _checks, _hash
+from optax_rms import _checks, _hash, _validate
 from optax_rms._types import (
   Array,
   GradientTransformation,
@@ -270,7 +270,7 @@ def kahan_summation(
     1.1016
   """
   name = "optax_rms.kahan_summation"
-  _checks.check_inner(name, inner)
+  _validate.check_inner(name, inner)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: optax.Params) -> KahanSummationState:
@@ -389,9 +389,9 @@ def stochastic_rounding(
     1.10
   """
   name = "optax_rms.stochastic_rounding"
-  _checks.check_inner(name, inner)
+  _validate.check_inner(name, inner)
   inner = optax.with_extra_args_support(inner)
-  seed = _checks.check_int_in("seed", seed, low=0, high=2**32 - 1, what=name)
+  seed = _validate.check_int_in("seed", seed, low=0, high=2**32 - 1, what=name)
 
   def init_fn(params: optax.Params) -> StochasticRoundingState:
     for path, p in jax.tree_util.tree_leaves_with_path(params):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rms import _checks
+from optax_rms import _validate
 from optax_rms._ema import ema_params
 from optax_rms._rmsprop import rmsprop
 from optax_rms._types import GradientTransformationExtraArgs
@@ -109,10 +109,10 @@ def pytorch(
     >>> import optax_rms
     >>> tx = optax_rms.compat.pytorch(lr=1e-2, momentum=0.9, weight_decay=1e-4)
   """
-  _checks.check_scalar_or_schedule("lr", lr)
-  _checks.check_range("alpha", alpha, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("weight_decay", weight_decay, low=0.0)
+  _validate.check_scalar_or_schedule("lr", lr)
+  _validate.check_range("alpha", alpha, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("weight_decay", weight_decay, low=0.0)
   return rmsprop(
     lr,
     decay=alpha,
@@ -234,12 +234,12 @@ def keras(
     ...   use_ema=True, ema_momentum=0.999, gradient_accumulation_steps=4
     ... )
   """
-  _checks.check_scalar_or_schedule("learning_rate", learning_rate)
-  _checks.check_range("rho", rho, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("epsilon", epsilon, low=0.0, low_open=True)
-  _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
+  _validate.check_range("rho", rho, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("epsilon", epsilon, low=0.0, low_open=True)
+  _validate.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
   if weight_decay is not None:
-    _checks.check_range("weight_decay", weight_decay, low=0.0)
+    _validate.check_range("weight_decay", weight_decay, low=0.0)
   options = _keras_options(
     clipnorm=clipnorm,
     clipvalue=clipvalue,
@@ -304,7 +304,7 @@ def _keras_clip(
       f"Keras; got {', '.join(given)}."
     )
   for name in given:
-    _checks.check_range(name, clips[name], low=0.0, low_open=True)
+    _validate.check_range(name, clips[name], low=0.0, low_open=True)
   if clipnorm is not None:
     return _clip_each_by_norm(clipnorm)
   if global_clipnorm is not None:
@@ -328,17 +328,19 @@ def _keras_options(
   """Checks Keras' optimizer-level options (the EMA ones also without
   ``use_ema``, as Keras does) and resolves them."""
   name = "optax_rms.compat.keras"
-  _checks.check_bool("use_ema", use_ema)
-  _checks.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0)
+  _validate.check_bool("use_ema", use_ema)
+  _validate.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0)
   if ema_overwrite_frequency is not None:
-    ema_overwrite_frequency = _checks.check_int_in(
+    ema_overwrite_frequency = _validate.check_int_in(
       "ema_overwrite_frequency", ema_overwrite_frequency, low=1, what=name
     )
   if loss_scale_factor is not None:
-    _checks.check_range("loss_scale_factor", loss_scale_factor, low=0.0, low_open=True)
+    _validate.check_range(
+      "loss_scale_factor", loss_scale_factor, low=0.0, low_open=True
+    )
   if gradient_accumulation_steps is not None:
     # Keras asks for >= 2; None is no accumulation.
-    gradient_accumulation_steps = _checks.check_int_in(
+    gradient_accumulation_steps = _validate.check_int_in(
       "gradient_accumulation_steps", gradient_accumulation_steps, low=2, what=name
     )
   return _KerasOptions(
@@ -411,10 +413,10 @@ def tf1(
     >>> import optax_rms
     >>> tx = optax_rms.compat.tf1(0.016, decay=0.9, momentum=0.9, epsilon=1e-3)
   """
-  _checks.check_scalar_or_schedule("learning_rate", learning_rate)
-  _checks.check_range("decay", decay, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("epsilon", epsilon, low=0.0, low_open=True)
+  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
+  _validate.check_range("decay", decay, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("epsilon", epsilon, low=0.0, low_open=True)
   return rmsprop(
     learning_rate,
     decay=decay,
@@ -488,15 +490,15 @@ def mxnet(
     >>> import optax_rms
     >>> tx = optax_rms.compat.mxnet(0.03, gamma1=0.9, epsilon=1e-6, rescale_grad=0.1)
   """
-  _checks.check_scalar_or_schedule("learning_rate", learning_rate)
-  _checks.check_range("gamma1", gamma1, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("gamma2", gamma2, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("epsilon", epsilon, low=0.0, low_open=True)
-  _checks.check_range("rescale_grad", rescale_grad, low=0.0, low_open=True)
-  _checks.check_range("wd", wd, low=0.0)
+  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
+  _validate.check_range("gamma1", gamma1, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("gamma2", gamma2, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("epsilon", epsilon, low=0.0, low_open=True)
+  _validate.check_range("rescale_grad", rescale_grad, low=0.0, low_open=True)
+  _validate.check_range("wd", wd, low=0.0)
   for name, value in (("clip_weights", clip_weights), ("clip_gradient", clip_gradient)):
     if value is not None:
-      _checks.check_range(name, value, low=0.0, low_open=True)
+      _validate.check_range(name, value, low=0.0, low_open=True)
   parts: list[optax.GradientTransformation] = []
   if rescale_grad != 1.0:
     parts.append(optax.scale(rescale_grad))
@@ -555,11 +557,11 @@ def timm(
     >>> import optax_rms
     >>> tx = optax_rms.compat.timm(lr=0.016, alpha=0.9, eps=1e-3, momentum=0.9)
   """
-  _checks.check_scalar_or_schedule("lr", lr)
-  _checks.check_range("alpha", alpha, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
-  _checks.check_range("weight_decay", weight_decay, low=0.0)
-  _checks.check_bool("decoupled_decay", decoupled_decay)
+  _validate.check_scalar_or_schedule("lr", lr)
+  _validate.check_range("alpha", alpha, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  _validate.check_range("weight_decay", weight_decay, low=0.0)
+  _validate.check_bool("decoupled_decay", decoupled_decay)
   return rmsprop(
     lr,
     decay=alpha,

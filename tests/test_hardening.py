@@ -17,7 +17,7 @@ from jax.experimental import checkify
 from tolerances import SAME_MATH, assert_close
 
 import optax_rms
-from optax_rms import _rmsprop, compat
+from optax_rms import _jit_cache, _rmsprop, compat
 
 F32_TINY = float(jnp.finfo(jnp.float32).smallest_normal)  # 1.175e-38
 F16_TINY = float(jnp.finfo(jnp.float16).smallest_normal)  # 6.104e-05
@@ -333,8 +333,8 @@ def test_optax_tooling_sees_that_the_learning_rate_takes_schedules(fn):
 
 
 def test_learning_rate_sweep_does_not_grow_the_cache_unboundedly(monkeypatch):
-  monkeypatch.setattr(_rmsprop, "CACHE_SIZE", 3)
-  monkeypatch.setattr(_rmsprop, "_compiled", type(_rmsprop._compiled)())
+  monkeypatch.setattr(_jit_cache, "CACHE_SIZE", 3)
+  monkeypatch.setattr(_jit_cache, "_compiled", type(_jit_cache._compiled)())
 
   class Schedule:  # a schedule object, held by the cache key while cached
     def __call__(self, count):
@@ -353,9 +353,9 @@ def test_learning_rate_sweep_does_not_grow_the_cache_unboundedly(monkeypatch):
   gc.collect()
   assert held() is None  # the evicted step no longer holds the schedule
   # A configuration still cached is reused: no new entry, same function.
-  fn = _rmsprop._compiled[next(reversed(_rmsprop._compiled))]
+  fn = _jit_cache._compiled[next(reversed(_jit_cache._compiled))]
   tx.update(p, tx.init(p))
-  assert _rmsprop._compiled[next(reversed(_rmsprop._compiled))] is fn
+  assert _jit_cache._compiled[next(reversed(_jit_cache._compiled))] is fn
   assert fn._cache_size() == 1
 
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import optax_rms
-from optax_rms import _quantize
+from optax_rms import _chunks, _quantize
 
 ALL_8BIT = dict(
   nu_quantization="8bit", mu_quantization="8bit", momentum_quantization="8bit"
@@ -136,12 +136,12 @@ def test_nonfinite_element_is_its_own_problem(form):
     np.testing.assert_array_equal(codes[others], ref_codes[others])
     # The element itself: log8 stores inf (as a float nu would hold an
     # overflow); signed8 the block's largest magnitude with the sign of an
-    # inf, or 0 for NaN.
+    # inf, or NaN for NaN (as float state would hold it).
     if form == "log8":
       np.testing.assert_array_equal(back[[5, 300]], [np.inf, np.inf])
       continue
     s = np.repeat(scales, 256)[[5, 300]]
-    want = np.zeros(2) if np.isnan(bad) else s * np.sign(bad)
+    want = np.full(2, np.nan) if np.isnan(bad) else s * np.sign(bad)
     np.testing.assert_allclose(back[[5, 300]], want, rtol=3 * 2.0**-24)
 
 
@@ -178,9 +178,9 @@ def test_overflowing_gradient_does_not_poison_its_block(buffer):
 
 
 def test_chunked_update_equals_whole_leaf_update(monkeypatch):
-  """Leaves above _quantize.CHUNK elements run chunk by chunk (for memory):
+  """Leaves above _chunks.CHUNK elements run chunk by chunk (for memory):
   the codes, scales and updates are those of the whole-leaf computation."""
-  shape = (3 * _quantize.CHUNK // 128 + 1, 128)  # 3 chunks and a ragged tail
+  shape = (3 * _chunks.CHUNK // 128 + 1, 128)  # 3 chunks and a ragged tail
   key = jax.random.PRNGKey(0)
   p = jax.random.normal(key, shape)
   grads = [jax.random.normal(jax.random.fold_in(key, t), shape) for t in range(3)]
@@ -195,7 +195,7 @@ def test_chunked_update_equals_whole_leaf_update(monkeypatch):
     return outs
 
   chunked = run()
-  monkeypatch.setattr(_quantize, "CHUNK", 1 << 30)
+  monkeypatch.setattr(_chunks, "CHUNK", 1 << 30)
   whole = run()  # CHUNK is read while tracing: a new trace (new shape key)...
   for (u1, s1), (u2, s2) in zip(chunked, whole, strict=True):
     np.testing.assert_array_equal(np.asarray(u1), np.asarray(u2))
@@ -516,7 +516,7 @@ def test_8bit_state_saves_at_the_peak_of_the_update(kw, n_buffers, saved):
   _, q_temp_big = _peak(optax_rms.rmsprop(1e-3, **kw), shape=(4096, 4096))
   more = 4096 * 4096 - 2048 * 2048
   assert q_temp_big - q_temp <= n_buffers * 2 * 4 * more / 256
-  assert q_temp <= n_buffers * 2 * 4 * _quantize.CHUNK  # ~a chunk per buffer
+  assert q_temp <= n_buffers * 2 * 4 * _chunks.CHUNK  # ~a chunk per buffer
 
 
 @pytest.mark.skipif(
@@ -585,3 +585,110 @@ def test_centered_8bit_steps_survive_gradients_with_a_large_mean(quantized):
   # Code steps are at most 12.5% (6.25% in a square root); the momentum
   # buffer adds its own 12.5% at most: a step stays well within 1.5x.
   assert max(worst) < 1.5, max(worst)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_8bit_nu_never_gives_a_larger_step_across_the_whole_gradient_range(decay):
+  """A block mixing magnitudes from 1e-20 to the documented limit (|g| <
+  1.8e19, where g**2 still fits float32). Once a block's maximum passed
+  2^126 (~8.5e37, gradients near 1e19), the reciprocal of its scale was
+  flushed to 0 and every code collapsed to the lowest: steps ~20,000x too
+  large. A stored nu is one of the two codes around the exact value, the
+  lower at most one code step (12.5%) below it: a step at most
+  sqrt(1.125) larger than float32 state's, a few float32 roundings aside.
+  With decay 0 nu is each step's fresh g**2, so the bound holds at every
+  step; with decay 0.9, at the first (later ones compound the rounding)."""
+  rng = np.random.default_rng(0)
+  f = optax_rms.rmsprop(1e-3, decay=decay)
+  q = optax_rms.rmsprop(1e-3, decay=decay, nu_quantization="8bit")
+  p = jnp.zeros(1024)
+  sf, sq = f.init(p), q.init(p)
+  bound = np.sqrt(1 + _quantize._STEP) * (1 + 1e-5)
+  for t in range(4 if decay == 0 else 1):
+    g = 10.0 ** rng.uniform(-20, np.log10(1.8e19), p.shape)
+    g[:4] = [1e19, 1.5e19, 1.8e19, 1e-20]
+    g = jnp.asarray(g * rng.choice([-1, 1], p.shape), jnp.float32)
+    uf, sf = f.update(g, sf)
+    uq, sq = q.update(g, sq)
+    uf, uq = np.abs(np.asarray(uf)), np.abs(np.asarray(uq))
+    assert np.all(np.isfinite(uq)), t
+    worst = np.max(uq / uf)
+    assert worst <= bound, (t, worst)
+
+
+@pytest.mark.parametrize(
+  "quantized",
+  [
+    dict(momentum_quantization="8bit"),
+    dict(mu_quantization="8bit"),
+    ALL_8BIT,
+  ],
+  ids=["8bit-momentum", "8bit-mu", "8bit-all"],
+)
+def test_nan_gradient_propagates_through_signed_8bit_buffers(quantized):
+  """A NaN gradient makes the update, the parameter and the buffers that
+  read it NaN with float state (README: non-finite gradients propagate).
+  Signed 8-bit codes used to store NaN as 0: the update came out 0 and the
+  element silently froze (its nu NaN, its step 0 forever). The NaN element
+  now propagates exactly where float state's does, and only there."""
+  kw = dict(centered=True, momentum=0.9)
+  f = optax_rms.rmsprop(1e-2, **kw)
+  q = optax_rms.rmsprop(1e-2, **kw, **quantized)
+  g = jnp.asarray(np.random.default_rng(4).normal(size=512), jnp.float32)
+  pf = pq = jnp.zeros(512)
+  sf, sq = f.init(pf), q.init(pq)
+  for t in range(3):
+    gt = g.at[7].set(jnp.nan) if t == 0 else g
+    uf, sf = f.update(gt, sf, pf)
+    uq, sq = q.update(gt, sq, pq)
+    pf, pq = optax.apply_updates(pf, uf), optax.apply_updates(pq, uq)
+    for float_side, quantized_side in ((uf, uq), (pf, pq)):
+      np.testing.assert_array_equal(
+        np.isnan(np.asarray(quantized_side)), np.isnan(np.asarray(float_side))
+      )
+    assert np.isnan(np.asarray(pq)[7]) and np.isnan(np.asarray(pq)).sum() == 1
+  segments = ((0, (512,)),)
+  for field in ("mu", "momentum"):
+    if f"{field}_quantization" in quantized or quantized is ALL_8BIT:
+      stored = _quantize.decode(
+        "signed8", getattr(sq, field), getattr(sq, f"{field}_scale"), segments
+      )
+      assert np.isnan(np.asarray(stored)[7]), field
+      assert np.isnan(np.asarray(getattr(sf, field))[7]), field
+
+
+@pytest.mark.parametrize(
+  "quantized",
+  [
+    dict(nu_quantization="8bit"),
+    dict(mu_quantization="8bit"),
+    dict(nu_quantization="8bit", mu_quantization="8bit"),
+  ],
+  ids=["8bit-nu", "8bit-mu", "8bit-nu-mu"],
+)
+def test_centered_bias_corrected_8bit_steps_follow_float32_state(quantized):
+  """centered + bias_correction with 8-bit nu or mu diverged (first step
+  ~1,500 instead of ~0.05, initial_scale=1): nu_hat - |mu_hat|^2 from a
+  stored variance nu - |mu|^2 added two large terms of opposite sign, and
+  the codes' few-percent error survived the cancellation. The stored
+  quantity is now b * (nu_hat - |mu_hat|^2), whose recurrence adds only
+  non-negative terms. The first step reads nu = decay * initial_scale at a
+  block maximum (exact codes): float32 state's step, a few roundings aside.
+  Later steps carry the codes' noise: 12.5% at most per rounding, settling
+  at ~12% (one standard deviation) in nu at decay 0.9 (see _quantize), half
+  that in the step: over 4096 elements x 20 steps the extremes stay within
+  ~5 standard deviations, inside 1.5x."""
+  kw = dict(centered=True, bias_correction=True, initial_scale=1.0)
+  f = optax_rms.rmsprop(1e-2, **kw)
+  q = optax_rms.rmsprop(1e-2, **kw, **quantized)
+  p = jnp.zeros(4096)
+  sf, sq = f.init(p), q.init(p)
+  key = jax.random.PRNGKey(0)
+  for t in range(20):
+    g = 1.0 + jax.random.normal(jax.random.fold_in(key, t), p.shape)
+    uf, sf = f.update(g, sf, p)
+    uq, sq = q.update(g, sq, p)
+    ratio = np.abs(np.asarray(uq) / np.asarray(uf))
+    if t == 0:
+      np.testing.assert_allclose(ratio, 1.0, rtol=1e-5)
+    assert 1 / 1.5 < ratio.min() and ratio.max() < 1.5, (t, ratio.min(), ratio.max())

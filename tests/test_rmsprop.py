@@ -455,3 +455,28 @@ def test_empty_and_none_leaves():
     u, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
     assert jax.tree.structure(u) == jax.tree.structure(params)
     assert int(state.count) == 1
+
+
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(momentum=0.9),
+    dict(momentum=0.9, lr_in_momentum=False),
+    dict(momentum=0.9, nesterov=True),
+    dict(momentum=0.9, momentum_dtype="bfloat16"),
+  ],
+  ids=["lr-in-momentum", "pytorch", "nesterov", "bf16-momentum"],
+)
+def test_eager_update_survives_donating_the_new_state(kw):
+  """An eager update returned the new momentum buffer itself as the update
+  (one array, twice): donating that state to a jitted step then deleted the
+  update the caller still held. The update is now an array of its own."""
+  tx = optax_rms.rmsprop(0.1, **kw)
+  params = {"w": jnp.ones(8), "b": jnp.ones(())}
+  state = tx.init(params)
+  updates, state = tx.update(jax.tree.map(lambda p: 0.5 * p, params), state, params)
+  want = jax.tree.map(np.array, updates)
+  consume = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+  jax.block_until_ready(consume(state))
+  got = jax.tree.map(np.asarray, updates)  # raised "Array has been deleted"
+  jax.tree.map(np.testing.assert_array_equal, got, want)

@@ -798,11 +798,6 @@ def test_stochastic_rounding_takes_every_documented_seed(seed):
   assert int(key) == int(_rounding._hash.key(jnp.uint32(seed), jnp.int32(0), 0))
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="the message is optax_rms.rmsprop's (_checks.check_state_dtypes, fed the "
-  "gradients by _rmsprop when update gets no weight decay), outside the wrappers",
-)
 def test_kahan_around_rmsprop_with_float32_gradients_of_bfloat16_params():
   """The situation kahan_summation's docstring recommends (float32 gradients
   of bfloat16 parameters), with optax_rms.rmsprop inside: the update either

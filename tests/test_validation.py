@@ -170,3 +170,39 @@ def test_nesterov_without_momentum_differs_from_optax_deliberately():
   optax.rmsprop(0.1, nesterov=True)  # accepted there
   with pytest.raises(ValueError, match="nesterov"):
     optax_rms.rmsprop(0.1, nesterov=True)
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: optax.rmsprop(0.1),
+    lambda: optax.rmsprop(0.1, centered=True, momentum=0.9),
+    lambda: optax.rmsprop(0.1, bias_correction=True),
+  ],
+  ids=["plain", "centered-momentum", "bias-correction"],
+)
+def test_optax_rmsprop_state_points_to_the_migration_helper(make):
+  """A user resuming an optax.rmsprop checkpoint after the one-line swap
+  was told the state was "made by another optimizer"; the fix is one call."""
+  params = jnp.ones(3)
+  old_state = make().init(params)
+  tx = optax_rms.rmsprop(0.1)
+  for state in (old_state, old_state[0]):
+    with pytest.raises(TypeError, match=r"optax_rms\.from_optax_rmsprop_state"):
+      tx.update(params, state)
+
+
+def test_check_hyperparams_outside_checkify_names_the_option():
+  """check_hyperparams=True called eagerly without checkify.checkify failed
+  with JAX's internal message, naming neither the option nor the library.
+  (Inside a plain jax.jit, JAX raises when that jit lowers: not ours.)"""
+  from jax.experimental import checkify
+
+  tx = optax_rms.rmsprop(lambda count: 0.1, check_hyperparams=True)
+  params = jnp.ones(3)
+  state = tx.init(params)
+  pattern = r"optax_rms\.rmsprop\(check_hyperparams=True\).*checkify\.checkify"
+  with pytest.raises(ValueError, match=pattern):
+    tx.update(params, state)
+  err, _ = checkify.checkify(tx.update)(params, state)
+  err.throw()  # in range: no error

@@ -177,8 +177,18 @@ COLUMNS = [
   "vs optax.rmsprop",
   "optimizer: time",
   "optimizer: peak B/param",
+  "compile s (x float32 state)",
   "N",
 ]
+
+
+def _compile(name: str, r: dict[str, Any], rows: dict[str, Any]) -> str:
+  """The step's compile seconds; for an `ours` row, over float32 state's."""
+  text = f"{r['compile_s']:.2f}" if "compile_s" in r else ""
+  ref = rows.get(f"{name.split(', ')[0]}, float32")
+  if text and name.startswith("ours ") and _ok(ref) and "compile_s" in ref:
+    text += f" ({r['compile_s'] / ref['compile_s']:.2f}x)"
+  return text
 
 
 def table_rows(table: dict[str, Any]) -> list[list[Any]]:
@@ -220,6 +230,7 @@ def table_rows(table: dict[str, Any]) -> list[list[Any]]:
         vs,
         opt_time,
         opt_peak,
+        _compile(name, r, rows),
         t["n"] if t else "",
       ]
     )
