@@ -52,7 +52,8 @@ class RMSPropState(NamedTuple):
     nu: EMA of the squared gradient magnitudes ``|g|^2``, one array per
       parameter (real even for complex parameters). With ``centered=True``
       and ``nu`` or ``mu`` quantized to 8 bits it holds the centered
-      variance ``nu - |mu|^2`` instead (see ``rmsprop``).
+      variance ``nu - |mu|^2`` instead (with ``bias_correction``,
+      ``b * (nu_hat - |mu_hat|^2)``, ``b = 1 - decay**t``; see ``rmsprop``).
     mu: EMA of the gradients (``centered=True``), else ``None``.
     momentum: the momentum buffer (``momentum`` not ``None``), else ``None``.
     nu_scale: with ``nu_quantization="8bit"``, one float32 maximum per block
