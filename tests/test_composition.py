@@ -7,6 +7,7 @@ compared; the positional arguments of the two give the same numbers.
 
 import functools
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,12 +17,12 @@ from tolerances import SAME_MATH, assert_close
 
 import optax_rms
 
-VARIANTS = {
-  "plain": dict(),
-  "centered": dict(centered=True),
-  "momentum": dict(momentum=0.9),
-  "centered-nesterov": dict(centered=True, momentum=0.9, nesterov=True),
-}
+VARIANTS = helpers.pick(
+  "plain",
+  "centered",
+  "momentum",
+  "centered-nesterov",
+)
 variants = pytest.mark.parametrize(
   "kwargs", list(VARIANTS.values()), ids=list(VARIANTS.keys())
 )

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,10 +49,10 @@ F32_TOL = SAME_MATH[jnp.dtype(jnp.float32)]
 # see the comment in test_zero1_training_matches_unsharded_... for the budget.
 DP_TOL = VS_FLOAT64[jnp.dtype(jnp.float32)]
 
-VARIANTS = {
-  "plain": dict(),  # 1 buffer: nu
-  "centered-momentum": dict(centered=True, momentum=0.9),  # 3: nu, mu, momentum
-}
+VARIANTS = helpers.pick(
+  "plain",
+  "centered-momentum",
+)
 
 # Parameters of a 16 -> 32 -> 3 MLP. On the (8,) mesh w1, b1 and w2 divide by
 # 8 (w1 along its larger dim 1), b2 (3,) does not; on the (2, 4) mesh the

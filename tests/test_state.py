@@ -1,7 +1,9 @@
-"""RMSPropState as data: pytree round trips, pickle, orbax, its size, its errors."""
+"""RMSPropState as data: pytree round trips, pickle, its size, its errors
+(orbax round trips: test_contract.py, for every transformation and storage form)."""
 
 import pickle
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,25 +12,16 @@ import pytest
 
 import optax_rms
 
-# variant name -> (kwargs, number of per-parameter trees besides nu)
+# variant name -> (kwargs, number of per-parameter trees besides nu). 8-bit
+# buffers: codes shaped like the parameters, plus a per-block scale tree each.
+V, S = helpers.VARIANTS, helpers.STORAGE
 VARIANTS = {
-  "plain": (dict(), 0),
-  "centered": (dict(centered=True), 1),
-  "momentum": (dict(momentum=0.9), 1),
-  "centered-momentum": (dict(centered=True, momentum=0.9, nesterov=True), 2),
-  # 8-bit buffers: codes shaped like the parameters, plus a per-block scale
-  # tree each.
-  "8bit-nu": (dict(nu_quantization="8bit"), 1),
-  "8bit-all": (
-    dict(
-      centered=True,
-      momentum=0.9,
-      nu_quantization="8bit",
-      mu_quantization="8bit",
-      momentum_quantization="8bit",
-    ),
-    5,
-  ),
+  "plain": (V["plain"], 0),
+  "centered": (V["centered"], 1),
+  "momentum": (V["momentum"], 1),
+  "centered-nesterov": (V["centered-nesterov"], 2),
+  "8bit-nu": (S["8bit_nu"], 1),
+  "8bit-all": ({**V["centered-nesterov"], **S["8bit_all"]}, 5),
 }
 variants = pytest.mark.parametrize(
   "kwargs, extra_trees", list(VARIANTS.values()), ids=list(VARIANTS.keys())
@@ -131,28 +124,6 @@ def test_pickle_round_trip_then_identical_training(kwargs, extra_trees):
   _assert_trees_equal(p_b, p_a)
   _assert_trees_equal(s_b, s_a)
   assert int(s_b.count) == 6
-
-
-@variants
-def test_orbax_save_restore_then_identical_training(kwargs, extra_trees, tmp_path):
-  import orbax.checkpoint as ocp
-
-  del extra_trees
-  tx, params, state = _trained(kwargs)
-  # As a fresh process would: the target comes from the params alone.
-  abstract = jax.eval_shape(tx.init, params)
-  path = tmp_path / "opt_state"
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, state)
-    ckptr.wait_until_finished()
-    restored = ckptr.restore(path, abstract)
-  assert isinstance(restored, optax_rms.RMSPropState)
-  _assert_trees_equal(restored, state)
-
-  p_a, s_a = _steps(tx, params, state, range(3, 6))
-  p_b, s_b = _steps(tx, params, restored, range(3, 6))
-  _assert_trees_equal(p_b, p_a)
-  _assert_trees_equal(s_b, s_a)
 
 
 def _drop_key(grads):

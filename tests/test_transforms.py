@@ -7,6 +7,7 @@ plainly. The 8 CPU devices come from the root conftest.py.
 
 import contextlib
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,15 +19,15 @@ from tolerances import SAME_MATH
 
 import optax_rms
 
-VARIANTS = {
-  "plain": dict(),
-  "centered": dict(centered=True),
-  "momentum": dict(momentum=0.9),
-  "centered-momentum-nesterov": dict(centered=True, momentum=0.9, nesterov=True),
-  "bias_correction": dict(bias_correction=True),
-  "wd-coupled": dict(weight_decay=1e-2),
-  "wd-decoupled": dict(weight_decay=1e-2, weight_decay_mode="decoupled"),
-}
+VARIANTS = helpers.pick(
+  "plain",
+  "centered",
+  "momentum",
+  "centered-nesterov",
+  "bias_correction",
+  "wd-coupled",
+  "wd-decoupled",
+)
 variants = pytest.mark.parametrize(
   "kwargs", list(VARIANTS.values()), ids=list(VARIANTS.keys())
 )
