@@ -120,14 +120,23 @@ def run(
   state: Any = None,
   step: Callable[..., Any] | None = None,
 ) -> tuple[Any, Any, list[Any]]:
-  """Steps through `grads_seq`: (params, state, [updates of each step])."""
-  state = tx.init(params) if state is None else state
+  """Steps through `grads_seq`: (params, state, [updates of each step]).
+
+  A state made here is committed to its devices (as a jitted step's outputs
+  and orbax's restored arrays are), so that it is one signature for jit.
+  """
+  state = committed(tx.init(params)) if state is None else state
   step = make_step(tx) if step is None else step
   updates = []
   for grads in grads_seq:
     params, state, u = step(params, state, grads)
     updates.append(u)
   return params, state, updates
+
+
+def committed(tree: Any) -> Any:
+  """Each array committed to the devices and memory it is on."""
+  return jax.tree.map(lambda x: jax.device_put(x, x.sharding), tree)
 
 
 # ------------------------------------------------------------- assertions
