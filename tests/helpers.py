@@ -163,11 +163,24 @@ def assert_trees_equal(actual: Any, desired: Any, bitwise: bool = False) -> None
   for (path, a), d in pairs:
     a, d = np.asarray(a), np.asarray(d)
     where = jax.tree_util.keystr(path)
-    assert a.dtype == d.dtype, (where, a.dtype, d.dtype)
+    assert a.dtype == d.dtype and a.shape == d.shape, (where, a.dtype, d.dtype)
     if bitwise:
       np.testing.assert_array_equal(_bits(a), _bits(d), err_msg=where)
     else:
       np.testing.assert_array_equal(a, d, err_msg=where)
+
+
+def assert_trees_close(actual: Any, desired: Any, **tol: Any) -> None:
+  """Same tree structure, shapes and dtypes; values allclose with `tol`."""
+  assert jax.tree.structure(actual) == jax.tree.structure(desired)
+  pairs = zip(
+    jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(desired), strict=True
+  )
+  for (path, a), d in pairs:
+    a, d = np.asarray(a), np.asarray(d)
+    where = jax.tree_util.keystr(path)
+    assert a.shape == d.shape and a.dtype == d.dtype, where
+    np.testing.assert_allclose(a, d, err_msg=where, **tol)
 
 
 def assert_eager_equals_jit(

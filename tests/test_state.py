@@ -6,7 +6,6 @@ import pickle
 import helpers
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
@@ -60,14 +59,6 @@ def _steps(tx, params, state, ts):
   return params, state
 
 
-def _assert_trees_equal(actual, desired):
-  """Same structure (NamedTuple type included), dtypes, shapes and bits."""
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
-    assert a.dtype == d.dtype and a.shape == d.shape
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(d))
-
-
 def _trained(kwargs, n=3):
   tx = optax_rms.rmsprop(LR, **kwargs)
   params = _params()
@@ -105,7 +96,7 @@ def test_tree_flatten_unflatten_round_trip(kwargs, extra_trees):
   rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
   assert isinstance(rebuilt, optax_rms.RMSPropState)
   assert rebuilt._fields == state._fields
-  _assert_trees_equal(rebuilt, state)
+  helpers.assert_trees_equal(rebuilt, state)
   # None fields stay None (not an empty tuple or a leaf).
   assert (rebuilt.mu is None) == (state.mu is None)
   assert (rebuilt.momentum is None) == (state.momentum is None)
@@ -117,12 +108,12 @@ def test_pickle_round_trip_then_identical_training(kwargs, extra_trees):
   tx, params, state = _trained(kwargs)
   restored = pickle.loads(pickle.dumps(state))
   assert isinstance(restored, optax_rms.RMSPropState)
-  _assert_trees_equal(restored, state)
+  helpers.assert_trees_equal(restored, state)
 
   p_a, s_a = _steps(tx, params, state, range(3, 6))
   p_b, s_b = _steps(tx, params, restored, range(3, 6))
-  _assert_trees_equal(p_b, p_a)
-  _assert_trees_equal(s_b, s_a)
+  helpers.assert_trees_equal(p_b, p_a)
+  helpers.assert_trees_equal(s_b, s_a)
   assert int(s_b.count) == 6
 
 
