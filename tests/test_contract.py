@@ -24,8 +24,12 @@ each wrapper and compositions of them) through one promise:
   transformation, and a wrapper refuses an ``inner`` that is not a
   transformation the same way.
 
-Promises broken by today's code are asserted as they should hold and marked
-with ``helpers.known_bug`` (strict xfail).
+The promises about optax's wrappers (vmap, inject_hyperparams, MultiSteps,
+foreign states) run once per kind of state, not for each of rmsprop's
+storage forms and options (Case.storage_only, Case.optax_wrappers).
+
+Promises broken by today's code are asserted as they should hold and listed
+in KNOWN, each a strict xfail through ``helpers.known_bug``.
 
 Cost: the trees are small (one leaf of one 8-bit block for the magnitudes,
 one leaf over the 8-bit chunk size only where the chunk loop must run), each
