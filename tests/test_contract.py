@@ -33,8 +33,8 @@ in KNOWN, each a strict xfail through ``helpers.known_bug``.
 
 Cost: the trees are small (one leaf of one 8-bit block for the magnitudes,
 one leaf over the 8-bit chunk size only where the chunk loop must run), each
-case's transformation and jitted step are built once per process, and the
-tests of one case run in one xdist worker (``xdist_group``).
+case's transformation and jitted step are built once per process (and
+pytest-xdist runs a file in one worker: ``--dist loadfile``).
 """
 
 import dataclasses
@@ -395,17 +395,14 @@ KNOWN: dict[str, tuple[str, set[str]]] = {
 def cases(promise: str, where: Callable[[Case], bool] = lambda c: True):
   """Parametrize a test of `promise` over the CASES that satisfy `where`.
 
-  The tests of one case run in one xdist worker (they share its compiled
-  steps); KNOWN marks the cases that break the promise today.
+  KNOWN marks the cases that break the promise today.
   """
   reason, broken = KNOWN.get(promise, ("", set()))
   params = []
   for name, case in CASES.items():
     if not where(case):
       continue
-    marks = [pytest.mark.xdist_group(f"contract-{name}")]
-    if name in broken:
-      marks.append(known_bug(reason))
+    marks = [known_bug(reason)] if name in broken else []
     params.append(pytest.param(name, id=name, marks=marks))
   return pytest.mark.parametrize("name", params)
 
