@@ -7,6 +7,7 @@ compared; the positional arguments of the two give the same numbers.
 
 import functools
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,12 +17,12 @@ from tolerances import SAME_MATH, assert_close
 
 import optax_rms
 
-VARIANTS = {
-  "plain": dict(),
-  "centered": dict(centered=True),
-  "momentum": dict(momentum=0.9),
-  "centered-nesterov": dict(centered=True, momentum=0.9, nesterov=True),
-}
+VARIANTS = helpers.pick(
+  "plain",
+  "centered",
+  "momentum",
+  "centered-nesterov",
+)
 variants = pytest.mark.parametrize(
   "kwargs", list(VARIANTS.values()), ids=list(VARIANTS.keys())
 )
@@ -71,13 +72,6 @@ def _assert_trees_close(actual, desired, dtype=jnp.float32):
   assert jax.tree.structure(actual) == jax.tree.structure(desired)
   for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
     assert_close(a, d, SAME_MATH, dtype)
-
-
-def _assert_trees_equal(actual, desired):
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
-    assert a.dtype == d.dtype
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(d))
 
 
 def _dtypes(tree):
@@ -173,7 +167,7 @@ def test_multi_steps_matches_optax_under_jit(kwargs):
     p = optax.apply_updates(p, updates)
     p_ref = optax.apply_updates(p_ref, updates_ref)
     if t % k != k - 1:  # accumulating: no step
-      _assert_trees_equal(p, p_before)
+      helpers.assert_trees_equal(p, p_before)
     _assert_trees_close(p, p_ref)
     _assert_trees_close(state.inner_opt_state.nu, optax.tree.get(state_ref, "nu"))
   assert int(state.inner_opt_state.count) == 3
@@ -253,8 +247,8 @@ def test_apply_if_finite_skips_nan_and_inf_steps(kwargs):
     p = optax.apply_updates(p, updates)
     p_ref = optax.apply_updates(p_ref, updates_ref)
     if t in (2, 3):
-      _assert_trees_equal(p, p_before)
-      _assert_trees_equal(state.inner_state, inner_before)
+      helpers.assert_trees_equal(p, p_before)
+      helpers.assert_trees_equal(state.inner_state, inner_before)
       assert not bool(state.last_finite)
     else:
       assert bool(state.last_finite)
@@ -304,7 +298,7 @@ def test_update_accepts_unknown_extra_args():
   g = _grads(params, 0)
   expected = tx.update(g, state, params)
   got = tx.update(g, state, params, some_unknown_kwarg=1)
-  _assert_trees_equal(got, expected)
+  helpers.assert_trees_equal(got, expected)
   got_jit = jax.jit(functools.partial(tx.update, some_unknown_kwarg=1))(
     g, state, params
   )

@@ -154,10 +154,10 @@ def test_resume_in_a_fresh_process_equals_training_straight(
   if jax.default_backend() != "cpu":
     pytest.skip("bitwise resume needs the same kernels in both processes (CPU)")
   out = tmp_path / "resumed"
-  first = _run_example(
-    "--epochs", "2", "--checkpoint-every", "1", "--variant", variant, "--out", str(out)
-  )
-  assert "Resumed" not in first.stdout
+  # The first 2 epochs here (one fresh process fewer), the restore in a new one.
+  first = ["--epochs", "2", "--checkpoint-every", "1", "--variant", variant]
+  digits["main"]([*first, "--out", str(out)])
+  assert "Resumed" not in capsys.readouterr().out
   second = _run_example("--epochs", "4", "--resume", "--out", str(out))
   assert "Resumed from epoch 2" in second.stdout
   # Restoring the final checkpoint here (nothing left to train) gives the
@@ -227,17 +227,11 @@ def test_linen_resume_in_a_fresh_process_equals_training_straight(tmp_path, caps
   linen = runpy.run_path(str(EXAMPLES / "train_digits_linen.py"))
   out = tmp_path / "resumed"
   common = ["--out", str(out)]
-  first = _run_example(
-    "--epochs",
-    "2",
-    "--checkpoint-every",
-    "1",
-    "--variant",
-    "momentum",
-    *common,
-    script="train_digits_linen.py",
+  # The first 2 epochs here (one fresh process fewer), the restore in a new one.
+  linen["main"](
+    ["--epochs", "2", "--checkpoint-every", "1", "--variant", "momentum", *common]
   )
-  assert "Resumed" not in first.stdout
+  assert "Resumed" not in capsys.readouterr().out
   second = _run_example(
     "--epochs", "4", "--resume", *common, script="train_digits_linen.py"
   )

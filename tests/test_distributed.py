@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,10 +49,10 @@ F32_TOL = SAME_MATH[jnp.dtype(jnp.float32)]
 # see the comment in test_zero1_training_matches_unsharded_... for the budget.
 DP_TOL = VS_FLOAT64[jnp.dtype(jnp.float32)]
 
-VARIANTS = {
-  "plain": dict(),  # 1 buffer: nu
-  "centered-momentum": dict(centered=True, momentum=0.9),  # 3: nu, mu, momentum
-}
+VARIANTS = helpers.pick(
+  "plain",
+  "centered-momentum",
+)
 
 # Parameters of a 16 -> 32 -> 3 MLP. On the (8,) mesh w1, b1 and w2 divide by
 # 8 (w1 along its larger dim 1), b2 (3,) does not; on the (2, 4) mesh the
@@ -119,18 +120,6 @@ def _make_step(tx):
     return optax.apply_updates(params, updates), state, loss
 
   return step
-
-
-def _assert_trees_close(actual, desired, **tol):
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  for (path, a), d in zip(
-    jax.tree_util.tree_leaves_with_path(actual),
-    jax.tree.leaves(desired),
-    strict=True,
-  ):
-    a, d = np.asarray(a), np.asarray(d)
-    assert a.shape == d.shape and a.dtype == d.dtype, jax.tree_util.keystr(path)
-    np.testing.assert_allclose(a, d, err_msg=jax.tree_util.keystr(path), **tol)
 
 
 def _state_buffers(state):
@@ -380,7 +369,7 @@ def test_zero1_training_matches_unsharded_and_divides_state_memory(
     # reduction: against plain data parallelism on the same mesh it is the
     # same math (seen: bit-equal, or 1 ulp where XLA:CPU vectorizes a 4- and a
     # 32-element update differently).
-    _assert_trees_close(zero1_run[t], mirrored_run[t], **F32_TOL)
+    helpers.assert_trees_close(zero1_run[t], mirrored_run[t], **F32_TOL)
     # Against one device the gradients are summed in another order (per-device
     # partial sums, then all-reduce), and RMSprop's g / sqrt(nu) divides the
     # rounding of a gradient element by that element's own scale: a gradient
@@ -388,7 +377,7 @@ def test_zero1_training_matches_unsharded_and_divides_state_memory(
     # ulp into a full-size step, and centered's nu - mu^2 cancels again. That
     # is rounding propagated through the steps, VS_FLOAT64's budget (seen: up
     # to 0.6 of it at LR = 0.01; up to 2.4x SAME_MATH).
-    _assert_trees_close(zero1_run[t], unsharded[t], **DP_TOL)
+    helpers.assert_trees_close(zero1_run[t], unsharded[t], **DP_TOL)
   params, state, _ = zero1_run[-1]
   assert int(state.count) == STEPS
 
@@ -641,8 +630,8 @@ def test_checkpoint_resumes_on_another_layout(
   params, state, losses = example["train"](mesh, MORE_STEPS, start=(params, state))
   (want_params, want_state), want_losses = uninterrupted
   assert int(state.count) == TRAIN_STEPS + MORE_STEPS
-  _assert_trees_close(params, want_params, **F32_TOL)
-  _assert_trees_close(state, want_state, **F32_TOL)
+  helpers.assert_trees_close(params, want_params, **F32_TOL)
+  helpers.assert_trees_close(state, want_state, **F32_TOL)
   np.testing.assert_allclose(losses, want_losses[TRAIN_STEPS:], **F32_TOL)
 
 

@@ -139,20 +139,6 @@ def test_jit_compiles_once_and_keeps_dtypes():
   assert int(state.count) == 3
 
 
-def test_orbax_round_trip(tmp_path):
-  ocp = pytest.importorskip("orbax.checkpoint")
-  tx = optax_rms.compat.keras(use_ema=True, gradient_accumulation_steps=2, momentum=0.9)
-  grads = _grads()
-  params = _params()
-  _, state = _train(tx, params, grads[:5])
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(tmp_path / "state", state)
-    ckptr.wait_until_finished()
-    restored = ckptr.restore(tmp_path / "state", jax.eval_shape(tx.init, params))
-  assert isinstance(restored, optax_rms.EmaParamsState)
-  jax.tree.map(np.testing.assert_array_equal, restored, state)
-
-
 def test_state_shardings_give_the_average_its_parameters_sharding():
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P

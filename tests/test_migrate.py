@@ -12,6 +12,7 @@ both jitted, the two programs are the same IEEE operations in the same order
 
 import itertools
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,18 +24,14 @@ import optax_rms
 
 STEPS_BEFORE, STEPS_AFTER = 3, 4
 
-VARIANTS = {
-  "plain": {},
-  "centered": {"centered": True},
-  "momentum": {"momentum": 0.9},
-  "nesterov": {"momentum": 0.9, "nesterov": True},
-  "bias_correction": {"bias_correction": True},
-  "centered_momentum_bias_correction": {
-    "centered": True,
-    "momentum": 0.8,
-    "bias_correction": True,
-  },
-}
+VARIANTS = helpers.pick(
+  "plain",
+  "centered",
+  "momentum",
+  "nesterov",
+  "bias_correction",
+  "centered-momentum-bias_correction",
+)
 LEARNING_RATES = {
   "constant": 0.01,
   "schedule": optax.linear_schedule(0.02, 0.001, transition_steps=5),
@@ -133,7 +130,7 @@ def test_converted_state_continues_as_optax(
 def test_bfloat16_buffers_keep_their_dtype_and_continue_as_optax():
   """optax keeps bfloat16 statistics for bfloat16 params, as optax_rms does."""
   ours, theirs = _switch_and_compare(
-    VARIANTS["centered_momentum_bias_correction"],
+    VARIANTS["centered-momentum-bias_correction"],
     LEARNING_RATES["schedule"],
     _params(jnp.bfloat16),
   )
@@ -194,7 +191,7 @@ def test_round_trip_through_an_orbax_checkpoint_made_by_optax(tmp_path, target):
   without a target (orbax then gives a list of dicts, None for EmptyState).
   """
   params = _params()
-  kwargs = VARIANTS["centered_momentum_bias_correction"]
+  kwargs = VARIANTS["centered-momentum-bias_correction"]
   lr = LEARNING_RATES["schedule"]
   theirs_tx = optax.rmsprop(lr, **kwargs)
   theirs_update = jax.jit(theirs_tx.update)

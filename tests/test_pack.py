@@ -8,6 +8,7 @@ import functools
 import math
 import zlib
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,12 +20,12 @@ from tolerances import SAME_MATH, assert_close
 
 import optax_rms
 
-VARIANTS = {
-  "plain": dict(),
-  "centered": dict(centered=True),
-  "momentum": dict(momentum=0.9),
-  "centered-nesterov": dict(centered=True, momentum=0.9, nesterov=True),
-}
+VARIANTS = helpers.pick(
+  "plain",
+  "centered",
+  "momentum",
+  "centered-nesterov",
+)
 variants = pytest.mark.parametrize(
   "kwargs", list(VARIANTS.values()), ids=list(VARIANTS.keys())
 )
@@ -341,23 +342,6 @@ def test_sharding_helpers_find_packed_leaves_by_their_segments(helper):
   by_hand = optax_rms.PackedLeaves(large=(jnp.zeros((16, 8)),), small=(jnp.zeros(3),))
   hand = sharding.state_shardings(lambda p: by_hand, params)
   assert all(s.spec == P() for s in jax.tree.leaves(hand))
-
-
-def test_eager_update_equals_jitted():
-  """Packing and unpacking are jitted themselves (one dispatch each in an
-  eager call); the numbers are those of the jitted step, bit for bit."""
-  params = _params()
-  tx = optax_rms.pack_small(optax_rms.rmsprop(LR, centered=True, momentum=0.9), **PACK)
-  state_e = state_j = tx.init(params)
-  update = jax.jit(tx.update)
-  for t in range(3):
-    g = _grads(params, t)
-    eager, state_e = tx.update(g, state_e, params)
-    jitted, state_j = update(g, state_j, params)
-    for a, b in zip(
-      jax.tree.leaves((eager, state_e)), jax.tree.leaves((jitted, state_j)), strict=True
-    ):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_a_state_packed_for_other_shapes_is_refused_naming_the_leaf():

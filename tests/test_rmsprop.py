@@ -131,6 +131,56 @@ def test_matches_optax_rmsprop_under_jit_scan(kw):
     assert_close(p_ours[name], p_ref[name], SAME_MATH, jnp.float32, err_msg=name)
 
 
+@pytest.mark.parametrize("kw", [{}, dict(centered=True, momentum=0.9)])
+def test_python_float_leaves_as_optax(kw):
+  ours, ref = optax_rms.rmsprop(0.1, **kw), optax.rmsprop(0.1, **kw)
+  p_ours = p_ref = {"w": 3.0, "b": -1.0}
+  s_ours, s_ref = ours.init(p_ours), ref.init(p_ref)
+  for _ in range(5):
+    g_ours = jax.tree.map(lambda x: 2 * x, p_ours)
+    g_ref = jax.tree.map(lambda x: 2 * x, p_ref)
+    u_ours, s_ours = ours.update(g_ours, s_ours, p_ours)
+    u_ref, s_ref = ref.update(g_ref, s_ref, p_ref)
+    p_ours = optax.apply_updates(p_ours, u_ours)
+    p_ref = optax.apply_updates(p_ref, u_ref)
+  for k in p_ref:
+    assert np.asarray(p_ours[k]).dtype == np.asarray(p_ref[k]).dtype == np.float32
+    # Eager optax runs op by op, ours as one compiled step: see README's
+    # "same numbers" (bit for bit when both are jitted).
+    assert_close(p_ours[k], p_ref[k], SAME_MATH, jnp.float32, err_msg=k)
+
+
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(),
+    dict(centered=True, momentum=0.9, nesterov=True),
+    dict(bias_correction=True, eps_in_sqrt=False, initial_scale=1.0, momentum=0.9),
+    dict(centered=True, bias_correction=True, initial_scale=1.0),
+  ],
+  ids=["plain", "centered-nesterov", "bc-eps_out-momentum", "centered-bc"],
+)
+def test_jitted_steps_equal_optax_bit_for_bit(kw):
+  """What README's "bit for bit" promises: each step jitted (jax.jit of
+  update, as in a training loop), 50 steps on float32 parameters, the same
+  bits as optax.rmsprop's jitted step. Eager, optax runs op by op while ours
+  is one compiled program, so there the two agree to float32 rounding
+  (test_rmsprop.py::test_matches_optax_rmsprop)."""
+  key = jax.random.PRNGKey(0)
+  p_ours = p_ref = {"a": jax.random.normal(key, (4, 5)), "b": jnp.ones(3)}
+  ours, ref = optax_rms.rmsprop(0.02, **kw), optax.rmsprop(0.02, **kw)
+  s_ours, s_ref = ours.init(p_ours), ref.init(p_ref)
+  step_ours, step_ref = jax.jit(ours.update), jax.jit(ref.update)
+  for t in range(50):
+    key_t = jax.random.fold_in(key, t)
+    noise = jax.tree.map(lambda p, k=key_t: jax.random.normal(k, p.shape), p_ref)
+    u, s_ours = step_ours(jax.tree.map(jnp.add, p_ours, noise), s_ours, p_ours)
+    v, s_ref = step_ref(jax.tree.map(jnp.add, p_ref, noise), s_ref, p_ref)
+    p_ours, p_ref = optax.apply_updates(p_ours, u), optax.apply_updates(p_ref, v)
+  for k in p_ref:
+    np.testing.assert_array_equal(np.asarray(p_ours[k]), np.asarray(p_ref[k]), k)
+
+
 @pytest.mark.parametrize("eps_in_sqrt", [True, False])
 def test_centered_variance_clamp_keeps_step_one_finite(eps_in_sqrt):
   """centered + bias_correction: at step 1 nu_hat - mu_hat^2 is 0 in exact

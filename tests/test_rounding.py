@@ -5,7 +5,8 @@ References: NumPy's own casts (ml_dtypes' bfloat16, NumPy's float16) for
 every rounding, float32 / float64 NumPy sums for the intended values, the
 inner transformation itself for the leaves passed through, and the unsharded
 / unwrapped runs for the transformations (jit, vmap, pmap, sharding,
-pack_small, inject_hyperparams, orbax).
+pack_small, inject_hyperparams). Eager == jit and orbax round trips:
+test_contract.py.
 """
 
 import contextlib
@@ -471,20 +472,6 @@ def test_init_from_shape_dtype_structs(wrap):
 
 
 @wrappers
-def test_eager_equals_jit(wrap):
-  params = _params()
-  tx = wrap(optax_rms.rmsprop(1e-2, centered=True))
-  state_e = state_j = tx.init(params)
-  p_e = p_j = params
-  for t in range(3):
-    u, state_e = tx.update(_grads(params, t), state_e, p_e)
-    p_e = optax.apply_updates(p_e, u)
-    u, state_j = jax.jit(tx.update)(_grads(params, t), state_j, p_j)
-    p_j = optax.apply_updates(p_j, u)
-  _assert_trees_bits_equal((p_e, state_e), (p_j, state_j))
-
-
-@wrappers
 def test_vmap_matches_each_problem_alone(wrap):
   tx = wrap(optax_rms.rmsprop(1e-2))
   problems = [jax.tree.map(lambda a, i=i: a + i, _params()) for i in range(3)]
@@ -686,24 +673,6 @@ def test_skipped_step_leaves_params_and_compensation_untouched(order):
     _assert_bits_equal(np.asarray(comp(new_state)[name])[small], c[small], name)
   for name in ("f32", "c64"):
     _assert_bits_equal(new_params[name], params[name], name)
-
-
-@wrappers
-def test_orbax_round_trip_then_identical_training(wrap, tmp_path):
-  import orbax.checkpoint as ocp
-
-  tx = wrap(optax_rms.rmsprop(1e-2, momentum=0.9))
-  params, state = _run(tx, _params(), 3)
-  abstract = jax.eval_shape(tx.init, params)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(tmp_path / "state", state)
-    ckptr.wait_until_finished()
-    restored = ckptr.restore(tmp_path / "state", abstract)
-  assert type(restored) is type(state)
-  _assert_trees_bits_equal(restored, state)
-  a = _run(tx, params, 3, state=state, t0=3)
-  b = _run(tx, params, 3, state=restored, t0=3)
-  _assert_trees_bits_equal(a, b)
 
 
 # --- the least-squares smoke test -----------------------------------------------

@@ -1,34 +1,26 @@
-"""RMSPropState as data: pytree round trips, pickle, orbax, its size, its errors."""
+"""RMSPropState as data: pytree round trips, pickle, its size, its errors
+(orbax round trips: test_contract.py, for every transformation and storage form)."""
 
 import pickle
 
+import helpers
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
 import optax_rms
 
-# variant name -> (kwargs, number of per-parameter trees besides nu)
+# variant name -> (kwargs, number of per-parameter trees besides nu). 8-bit
+# buffers: codes shaped like the parameters, plus a per-block scale tree each.
+V, S = helpers.VARIANTS, helpers.STORAGE
 VARIANTS = {
-  "plain": (dict(), 0),
-  "centered": (dict(centered=True), 1),
-  "momentum": (dict(momentum=0.9), 1),
-  "centered-momentum": (dict(centered=True, momentum=0.9, nesterov=True), 2),
-  # 8-bit buffers: codes shaped like the parameters, plus a per-block scale
-  # tree each.
-  "8bit-nu": (dict(nu_quantization="8bit"), 1),
-  "8bit-all": (
-    dict(
-      centered=True,
-      momentum=0.9,
-      nu_quantization="8bit",
-      mu_quantization="8bit",
-      momentum_quantization="8bit",
-    ),
-    5,
-  ),
+  "plain": (V["plain"], 0),
+  "centered": (V["centered"], 1),
+  "momentum": (V["momentum"], 1),
+  "centered-nesterov": (V["centered-nesterov"], 2),
+  "8bit-nu": (S["8bit_nu"], 1),
+  "8bit-all": ({**V["centered-nesterov"], **S["8bit_all"]}, 5),
 }
 variants = pytest.mark.parametrize(
   "kwargs, extra_trees", list(VARIANTS.values()), ids=list(VARIANTS.keys())
@@ -65,14 +57,6 @@ def _steps(tx, params, state, ts):
     updates, state = update(_grads(params, t), state, params)
     params = optax.apply_updates(params, updates)
   return params, state
-
-
-def _assert_trees_equal(actual, desired):
-  """Same structure (NamedTuple type included), dtypes, shapes and bits."""
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
-    assert a.dtype == d.dtype and a.shape == d.shape
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(d))
 
 
 def _trained(kwargs, n=3):
@@ -112,7 +96,7 @@ def test_tree_flatten_unflatten_round_trip(kwargs, extra_trees):
   rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
   assert isinstance(rebuilt, optax_rms.RMSPropState)
   assert rebuilt._fields == state._fields
-  _assert_trees_equal(rebuilt, state)
+  helpers.assert_trees_equal(rebuilt, state)
   # None fields stay None (not an empty tuple or a leaf).
   assert (rebuilt.mu is None) == (state.mu is None)
   assert (rebuilt.momentum is None) == (state.momentum is None)
@@ -124,35 +108,13 @@ def test_pickle_round_trip_then_identical_training(kwargs, extra_trees):
   tx, params, state = _trained(kwargs)
   restored = pickle.loads(pickle.dumps(state))
   assert isinstance(restored, optax_rms.RMSPropState)
-  _assert_trees_equal(restored, state)
+  helpers.assert_trees_equal(restored, state)
 
   p_a, s_a = _steps(tx, params, state, range(3, 6))
   p_b, s_b = _steps(tx, params, restored, range(3, 6))
-  _assert_trees_equal(p_b, p_a)
-  _assert_trees_equal(s_b, s_a)
+  helpers.assert_trees_equal(p_b, p_a)
+  helpers.assert_trees_equal(s_b, s_a)
   assert int(s_b.count) == 6
-
-
-@variants
-def test_orbax_save_restore_then_identical_training(kwargs, extra_trees, tmp_path):
-  import orbax.checkpoint as ocp
-
-  del extra_trees
-  tx, params, state = _trained(kwargs)
-  # As a fresh process would: the target comes from the params alone.
-  abstract = jax.eval_shape(tx.init, params)
-  path = tmp_path / "opt_state"
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, state)
-    ckptr.wait_until_finished()
-    restored = ckptr.restore(path, abstract)
-  assert isinstance(restored, optax_rms.RMSPropState)
-  _assert_trees_equal(restored, state)
-
-  p_a, s_a = _steps(tx, params, state, range(3, 6))
-  p_b, s_b = _steps(tx, params, restored, range(3, 6))
-  _assert_trees_equal(p_b, p_a)
-  _assert_trees_equal(s_b, s_a)
 
 
 def _drop_key(grads):

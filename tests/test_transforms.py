@@ -7,6 +7,7 @@ plainly. The 8 CPU devices come from the root conftest.py.
 
 import contextlib
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,15 +19,15 @@ from tolerances import SAME_MATH
 
 import optax_rms
 
-VARIANTS = {
-  "plain": dict(),
-  "centered": dict(centered=True),
-  "momentum": dict(momentum=0.9),
-  "centered-momentum-nesterov": dict(centered=True, momentum=0.9, nesterov=True),
-  "bias_correction": dict(bias_correction=True),
-  "wd-coupled": dict(weight_decay=1e-2),
-  "wd-decoupled": dict(weight_decay=1e-2, weight_decay_mode="decoupled"),
-}
+VARIANTS = helpers.pick(
+  "plain",
+  "centered",
+  "momentum",
+  "centered-nesterov",
+  "bias_correction",
+  "wd-coupled",
+  "wd-decoupled",
+)
 variants = pytest.mark.parametrize(
   "kwargs", list(VARIANTS.values()), ids=list(VARIANTS.keys())
 )
@@ -71,18 +72,6 @@ def _make_step(tx):
     return optax.apply_updates(params, updates), state, loss
 
   return step
-
-
-def _assert_trees_close(actual, desired, **tol):
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  for path, a, d in zip(
-    [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(actual)],
-    jax.tree.leaves(actual),
-    jax.tree.leaves(desired),
-    strict=True,
-  ):
-    assert a.shape == d.shape and a.dtype == d.dtype, path
-    np.testing.assert_allclose(np.asarray(a), np.asarray(d), err_msg=path, **tol)
 
 
 def _run_plain(tx, params, xs, ys):
@@ -130,8 +119,8 @@ def test_jit_with_donation_matches_eager_and_does_not_retrace(kwargs):
   assert traces == 1
   assert step._cache_size() == 1
   assert int(state.count) == STEPS
-  _assert_trees_close(params, want_params, **F32_TOL)
-  _assert_trees_close(state, want_state, **F32_TOL)
+  helpers.assert_trees_close(params, want_params, **F32_TOL)
+  helpers.assert_trees_close(state, want_state, **F32_TOL)
 
 
 # --- vmap -----------------------------------------------------------------------
@@ -175,8 +164,8 @@ def test_vmap_over_independent_problems_matches_each_alone(kwargs):
     for g in grads[i]:
       want_params, want_state = step(want_params, want_state, g)
     member = lambda tree, i=i: jax.tree.map(lambda leaf: leaf[i], tree)
-    _assert_trees_close(member(params), want_params, **F32_TOL)
-    _assert_trees_close(member(state), want_state, **F32_TOL)
+    helpers.assert_trees_close(member(params), want_params, **F32_TOL)
+    helpers.assert_trees_close(member(state), want_state, **F32_TOL)
 
 
 # --- pmap -----------------------------------------------------------------------
@@ -218,8 +207,8 @@ def test_pmap_data_parallel_matches_single_device_full_batch(kwargs):
         np.testing.assert_array_equal(leaf[d], leaf[0])
   device0 = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)
   # The full-batch gradient sums in another order than pmean of the shards.
-  _assert_trees_close(device0(params), want_params, **F32_TOL)
-  _assert_trees_close(device0(state), want_state, **F32_TOL)
+  helpers.assert_trees_close(device0(params), want_params, **F32_TOL)
+  helpers.assert_trees_close(device0(state), want_state, **F32_TOL)
 
 
 # --- jit + NamedSharding ------------------------------------------------------------
@@ -327,5 +316,5 @@ def test_jit_sharded_state_follows_params(kwargs, axis_type, mesh_name):
     # init and update agree on the state's type, sharding included.
     assert jax.tree.map(jax.typeof, state) == init_types
 
-  _assert_trees_close(params, want_params, **F32_TOL)
-  _assert_trees_close(state, want_state, **F32_TOL)
+  helpers.assert_trees_close(params, want_params, **F32_TOL)
+  helpers.assert_trees_close(state, want_state, **F32_TOL)

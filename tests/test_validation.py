@@ -119,6 +119,60 @@ def test_boundaries_are_accepted():
     optax_rms.rmsprop(**{"learning_rate": 0.1, **kw})
 
 
+@pytest.mark.parametrize("eps", [1e-38, 1e-45, 1e-46])
+@pytest.mark.parametrize("eps_in_sqrt", [True, False])
+@pytest.mark.parametrize("nu_dtype", [None, "bfloat16"])
+def test_subnormal_eps_is_refused_at_construction(eps, eps_in_sqrt, nu_dtype):
+  with pytest.raises(ValueError, match=r"eps=1e-\d+ is below the smallest normal "
+                     r"float32 number \(1\.175e-38\)"):
+    optax_rms.rmsprop(0.1, eps=eps, eps_in_sqrt=eps_in_sqrt, nu_dtype=nu_dtype)
+  with pytest.raises(ValueError, match=r"eps=.*smallest normal"):
+    optax_rms.scale_by_rms(eps=eps, eps_in_sqrt=eps_in_sqrt)
+
+
+def test_eps_below_float16_normal_is_refused_at_init():
+  """float16 state for float16 parameters: the step runs in float16, where
+  eps=1e-8 rounds to 0; known only at init (the parameters' dtype)."""
+  tx = optax_rms.rmsprop(0.1, nu_dtype="float16")
+  tx.init(jnp.ones(3, jnp.float32))  # computes in float32: fine
+  with pytest.raises(
+    ValueError, match=r"eps=1e-08 is below the smallest normal float16 number "
+    r"\(6\.104e-05\).*Use eps >= 6\.104e-05"
+  ):
+    tx.init({"w": jnp.ones(3, jnp.float16)})
+
+
+@pytest.mark.parametrize(
+  "kwargs,pattern",
+  [
+    (dict(eps=jnp.array(0.0)), r"eps must be a finite number > 0, got 0\.0"),
+    (dict(learning_rate=jnp.array(-1.0)), r"learning_rate .*>= 0, got -1\.0"),
+    (dict(learning_rate=jnp.array(jnp.nan)), r"learning_rate .*finite.*nan"),
+    (dict(decay=jnp.array(1.0)), r"decay .*in \[0, 1\), got 1\.0"),
+    (dict(momentum=jnp.array(1.0)), r"momentum .*in \[0, 1\), got 1\.0"),
+    (dict(weight_decay=jnp.array(-1e-2)), r"weight_decay .*>= 0"),
+    (dict(decay=np.float32(1.0)), r"decay .*in \[0, 1\)"),
+    (dict(eps=np.float64(1e-40)), r"eps=1e-40 is below"),
+    (dict(eps=jnp.array(1e-40, jnp.float32)), r"eps=.*is below"),
+    (dict(momentum=jnp.array(True)), r"momentum must be a number"),
+  ],
+  ids=lambda x: str(x)[:40] if isinstance(x, dict) else "",
+)
+def test_concrete_arrays_and_numpy_scalars_are_validated(kwargs, pattern):
+  with pytest.raises((ValueError, TypeError), match=pattern):
+    optax_rms.rmsprop(**{"learning_rate": 0.1, **kwargs})
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "int8", "uint8"])
+@pytest.mark.parametrize("field", ["nu_dtype", "mu_dtype", "momentum_dtype"])
+def test_unsupported_state_dtypes_are_refused_listing_the_allowed(field, dtype):
+  with pytest.raises(
+    ValueError, match=rf"{field} must be a .*dtype, one of \('float16', 'bfloat16', "
+    r"'float32', 'float64'"
+  ):
+    optax_rms.rmsprop(0.1, centered=True, momentum=0.9, **{field: dtype})
+
+
 def test_traced_hyperparameters_are_not_read():
   """Inside jit (as inject_hyperparams passes them) values are tracers: no
   check can read them, and none must force a host sync."""
