@@ -372,14 +372,8 @@ class Storage(NamedTuple):
     return self.codecs[name].decode(stored, scale, segments)
 
 
-# The codecs by form name, as functions (tests and benchmarks call these).
-
-
-def init(
-  form: str, p: Any, value: Any, dtype: Any, segments: Segments
-) -> tuple[jax.Array, Any]:
-  """A buffer for parameter `p`, every element `value`: (stored, scale)."""
-  return CODECS[form].init(p, value, dtype, segments)
+# Encoding and decoding by form name, as functions (tests and benchmarks
+# call these).
 
 
 def encode(
@@ -400,8 +394,3 @@ def decode(
 ) -> jax.Array:
   """The stored buffer as an array of values (float32 for the 8-bit forms)."""
   return CODECS[form].decode(stored, scale, segments)
-
-
-def stored_dtype(form: str, float_dtype: Any) -> Any:
-  """The dtype a buffer of `form` is stored in."""
-  return CODECS[form].stored_dtype(float_dtype)
