@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rms._validate import FLOAT_DTYPES
+from optax_rms._validate import FLOAT_DTYPES, _brief, _type_name
 
 # Allowed ranges checked at run time by checkify_hyperparams: (low, high,
 # low_open, high_open), as at construction.
@@ -118,17 +118,6 @@ def _holds_optax_rmsprop_statistics(state: Any, *, nested: bool = False) -> bool
   if isinstance(state, (tuple, list)):
     return any(_holds_optax_rmsprop_statistics(x, nested=True) for x in state)
   return False
-
-
-def _type_name(x: Any) -> str:
-  module = type(x).__module__
-  name = type(x).__qualname__
-  return name if module == "builtins" else f"{module}.{name}"
-
-
-def _brief(x: Any) -> str:
-  text = repr(x)
-  return text if len(text) <= 120 else text[:117] + "..."
 
 
 def check_count(what: str, count: Any) -> None:

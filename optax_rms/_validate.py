@@ -271,6 +271,7 @@ def _int_text(n: int) -> str:
 
 
 def _type_name(x: Any) -> str:
+  """A value's type for an error message (module-qualified but builtins)."""
   module = type(x).__module__
   name = type(x).__qualname__
   return name if module == "builtins" else f"{module}.{name}"
