@@ -70,8 +70,8 @@ def map_leaf(
     for k, v in elements.items()
   }
   dtypes = {k: v.dtype for k, v in elements.items()}
-  chunk = functools.partial(_chunk, body, storage, flat, dtypes, leaf)
-  carry = ({k: flat[k] for k in storage.codecs}, dict(blocks))
+  chunk = functools.partial(_chunk, body, storage, flat, dtypes)
+  carry = ({k: flat[k] for k in storage.codecs}, dict(blocks), _traced(leaf, storage))
   n = size // CHUNK
   carry = jax.lax.fori_loop(0, n, lambda i, c: chunk(i * CHUNK, CHUNK, c), carry)
   if size > n * CHUNK:
@@ -82,18 +82,27 @@ def map_leaf(
   return result, stored, carry[1]
 
 
+def _traced(leaf: Any, storage: Storage) -> jax.Array:
+  """The parameter's number as a value XLA does not know (it minus
+  ``min(count, 0)``, 0 for a step count, which is never negative). Through
+  the loop's carry it reaches the stochastic rounding's seed as an argument
+  of the loop's kernels, not a constant in them, so that XLA compiles those
+  kernels once for all the leaves of one size (a kernel is compiled once per
+  distinct computation)."""
+  return jnp.int32(leaf) - jnp.minimum(jnp.asarray(storage.count, jnp.int32), 0)
+
+
 def _chunk(
   body: Body,
   storage: Storage,
   flat: dict[str, jax.Array],
   dtypes: dict[str, Any],
-  leaf: int,
   start: Any,
   length: int,
-  carry: tuple[dict[str, jax.Array], dict[str, jax.Array]],
-) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  carry: tuple[dict[str, jax.Array], dict[str, jax.Array], jax.Array],
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array], jax.Array]:
   """Updates the elements [start, start + length) of every buffer."""
-  buffers, scales = carry
+  buffers, scales, leaf = carry
   segments = ((leaf, (length,)),)
   elements = {
     k: _from_bits(_read(buffers.get(k, v), start, length), dtypes[k])
@@ -102,7 +111,7 @@ def _chunk(
   blocks = {k: _read(v, start // BLOCK, num_blocks(length)) for k, v in scales.items()}
   writer = _ChunkWriter(storage, segments, buffers, scales, start)
   body(_decoded(storage, elements, blocks, segments), writer.store)
-  return writer.buffers, writer.scales
+  return writer.buffers, writer.scales, leaf
 
 
 class _Writer:

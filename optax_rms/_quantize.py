@@ -88,8 +88,9 @@ BLOCK = 256
 FORMS = ("float", "log8", "signed8")
 
 # A parameter's place in a stored leaf: (parameter id, shape). A leaf holds
-# one (its own) or, under pack_small, several, in order.
-Segment = tuple[int, tuple[int, ...]]
+# one (its own) or, under pack_small, several, in order. In the chunk loop
+# the id is traced (see _chunks._traced).
+Segment = tuple[int | jax.Array, tuple[int, ...]]
 Segments = tuple[Segment, ...]
 
 # Relative to its block's maximum s, a code holds a small float: for nu
@@ -147,8 +148,17 @@ def _sizes(segments: Segments) -> list[int]:
   return [math.prod(shape) for _, shape in segments]
 
 
+def _aligned(segments: Segments) -> bool:
+  """Several segments, each a whole number of blocks (a group of small
+  leaves, see ``_group``): their blocks are the flat leaf's, cut every BLOCK
+  elements, so the per-block operations below need no loop over them."""
+  return len(segments) > 1 and all(size % BLOCK == 0 for size in _sizes(segments))
+
+
 def _block_max(flat: jax.Array, segments: Segments) -> jax.Array:
   """Per-block maximum of a flat leaf, blocks cut within each segment."""
+  if _aligned(segments):
+    return jnp.max(flat.reshape(-1, BLOCK), axis=1)
   parts, offset = [], 0
   for size in _sizes(segments):
     seg = flat[offset : offset + size]
@@ -162,6 +172,8 @@ def _block_max(flat: jax.Array, segments: Segments) -> jax.Array:
 
 def _per_element(scales: jax.Array, segments: Segments) -> jax.Array:
   """Each element's block scale, as a flat leaf (a broadcast, fused)."""
+  if _aligned(segments):
+    return jnp.broadcast_to(scales[:, None], (scales.shape[0], BLOCK)).reshape(-1)
   parts, first = [], 0
   for size in _sizes(segments):
     n = num_blocks(size)
@@ -175,14 +187,48 @@ def _dither(
   segments: Segments, count: jax.Array, stream: int, offset: Any = 0
 ) -> jax.Array:
   """32 random bits from a hash of (element, parameter, step, stream)."""
+  if _aligned(segments):
+    x = _aligned_words(segments, stream)
+    return mix32(x ^ (count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)))
   parts = []
   for (leaf, _), size in zip(segments, _sizes(segments), strict=True):
     index = jnp.arange(size, dtype=jnp.uint32) + jnp.asarray(offset).astype(jnp.uint32)
     x = index * jnp.uint32(0x9E3779B1)
-    seed = (leaf * 0xC2B2AE3D + stream * 0x27D4EB2F) & 0xFFFFFFFF
-    parts.append(x ^ jnp.uint32(seed))
+    parts.append(x ^ _seed(leaf, stream))
   x = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
   return mix32(x ^ (count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)))
+
+
+def _seed_value(leaf: int, stream: int) -> int:
+  return (leaf * 0xC2B2AE3D + stream * 0x27D4EB2F) & 0xFFFFFFFF
+
+
+def _seed(leaf: int | jax.Array, stream: int) -> jax.Array:
+  """A parameter's and stream's seed. `leaf`: its number, or that number
+  traced (the chunk loop's, so that leaves of one size share its kernels):
+  the same uint32 either way."""
+  if isinstance(leaf, int):
+    return jnp.uint32(_seed_value(leaf, stream))
+  base = jnp.uint32(_seed_value(0, stream))
+  return jnp.asarray(leaf).astype(jnp.uint32) * jnp.uint32(0xC2B2AE3D) + base
+
+
+def _aligned_words(segments: Segments, stream: int) -> jax.Array:
+  """_dither's words before the hash, for aligned segments (offset 0): each
+  block's first index within its parameter and its parameter's seed are
+  per-block constants, broadcast over the block as the scales are."""
+  starts: list[int] = []
+  seeds: list[int] = []
+  for (leaf, _), size in zip(segments, _sizes(segments), strict=True):
+    assert isinstance(leaf, int), "a group's segments are numbered statically"
+    starts.extend(range(0, size, BLOCK))
+    seeds.extend([_seed_value(leaf, stream)] * (size // BLOCK))
+  within = jnp.arange(BLOCK, dtype=jnp.uint32)[None, :]
+  index = (jnp.asarray(starts, jnp.uint32)[:, None] + within).reshape(-1)
+  seed = jnp.broadcast_to(
+    jnp.asarray(seeds, jnp.uint32)[:, None], (len(seeds), BLOCK)
+  ).reshape(-1)
+  return (index * jnp.uint32(0x9E3779B1)) ^ seed
 
 
 def _to_float(bits: jax.Array) -> jax.Array:

@@ -23,7 +23,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rms import _checks, _chunks, _config, _jit_cache, _quantize, _validate
+from optax_rms import (
+  _checks,
+  _chunks,
+  _config,
+  _group,
+  _jit_cache,
+  _quantize,
+  _validate,
+)
 from optax_rms._types import (
   Array,
   ArrayLike,
@@ -265,6 +273,52 @@ def _leaf_update(
   return step, Buffers(**stored, **scales)
 
 
+def _kind(c: _config.Config, g: Any, p: Any, state: Buffers, segs: Any, decays: bool):
+  """What leaves updated together share (see _group); None: updated alone
+  (no 8-bit buffer, a pack_small vector, grouped already, or an array laid
+  out over a mesh's explicit axes, which concatenation would move)."""
+  arrays = [x for x in (g, p, *state) if x is not None]
+  if not c.eight_bit or len(segs) != 1 or not all(map(_group.unsharded, arrays)):
+    return None
+  dtypes = tuple(jnp.result_type(x) for x in (g, *state) if x is not None)
+  return (dtypes, None if p is None else jnp.result_type(p), decays)
+
+
+def _group_update(
+  c: _config.Config, h: Hyper, group: _group.Group, members: list[tuple]
+) -> list[tuple[jax.Array, Buffers]]:
+  """The steps and new buffers of a group's leaves, updated as one."""
+  gs, ps, states, segs, decays = zip(*members, strict=True)
+  fields = {}
+  for name in Buffers._fields:
+    parts = [getattr(s, name) for s in states]
+    if parts[0] is not None:
+      scale = name.endswith("_scale")
+      fields[name] = (
+        _group.concat_blocks(parts) if scale else _group.concat(parts, group)
+      )
+  g = _group.concat(gs, group)
+  p = None if ps[0] is None else _group.concat(ps, group)
+  segments = _group.segments(group, segs)
+
+  def update(inputs: tuple[jax.Array, Buffers]) -> tuple[jax.Array, Buffers]:
+    return _leaf_update(c, h, inputs[0], p, inputs[1], segments, decays[0])
+
+  (step, new), starts = _group.once(update, h.count, group, (g, Buffers(**fields)))
+  shapes = [jnp.shape(x) for x in gs]
+  split = {
+    name: (_group.split_blocks if name.endswith("_scale") else _group.split)(
+      v, shapes, starts
+    )
+    for name, v in new._asdict().items()
+    if v is not None
+  }
+  return [
+    (s, Buffers(**{name: parts[i] for name, parts in split.items()}))
+    for i, s in enumerate(_group.split(step, shapes, starts))
+  ]
+
+
 # ---------------------------------------------------------------------------
 # The whole tree, jitted once per configuration.
 
@@ -360,11 +414,20 @@ def _apply(
 
   per_leaf = zip(*(leaves_of(getattr(state, f)) for f in Buffers._fields), strict=True)
   segments = key.segments or ((),) * treedef.num_leaves
-  outs = [
-    _leaf_update(c, h, g, p, Buffers(*buffers), segs, decays)
+  leaves = [
+    (g, p, Buffers(*buffers), segs, decays)
     for g, p, buffers, segs, decays in zip(
       leaves_of(updates), leaves_of(params), per_leaf, segments, key.decays, strict=True
     )
+  ]
+  outs: list[Any] = [None] * len(leaves)
+  kinds = [_kind(c, *leaf) for leaf in leaves]
+  for group in _group.plan(kinds, [jnp.size(g) for g, *_ in leaves]):
+    members = [leaves[i] for i in group.leaves]
+    for i, out in zip(group.leaves, _group_update(c, h, group, members), strict=True):
+      outs[i] = out
+  outs = [
+    out or _leaf_update(c, h, *leaf) for out, leaf in zip(outs, leaves, strict=True)
   ]
   fields = {
     f: treedef.unflatten([getattr(b, f) for _, b in outs])
