@@ -108,7 +108,9 @@ def _chunk(
     k: _from_bits(_read(buffers.get(k, v), start, length), dtypes[k])
     for k, v in flat.items()
   }
-  blocks = {k: _read(v, start // BLOCK, num_blocks(length)) for k, v in scales.items()}
+  blocks = {
+    k: _read(v, _div(start, BLOCK), num_blocks(length)) for k, v in scales.items()
+  }
   writer = _ChunkWriter(storage, segments, buffers, scales, start)
   body(_decoded(storage, elements, blocks, segments), writer.store)
   return writer.buffers, writer.scales, leaf
@@ -161,7 +163,7 @@ class _ChunkWriter:
 
   def store(self, name: str, value: jax.Array) -> jax.Array:
     ((_, (length,)),) = self.segments
-    start, block = self.start, self.start // BLOCK
+    start, block = self.start, _div(self.start, BLOCK)
     codes, scale = self.storage.encode(name, value, self.segments, offset=start)
     # Write the buffers in the order they are stored: a buffer computed from
     # another's old values (the centered variance reads the old mean) is
@@ -204,12 +206,21 @@ def _size(shape: tuple[int, ...]) -> int:
   return out
 
 
+# The offsets are never negative: no wrapping (a few scalar operations per
+# access, compiled for each leaf).
 def _read(x: jax.Array, start: Any, n: int) -> jax.Array:
-  return jax.lax.dynamic_slice(x, (start,), (n,))
+  return jax.lax.dynamic_slice(x, (start,), (n,), allow_negative_indices=False)
 
 
 def _write(x: jax.Array, y: jax.Array, start: Any) -> jax.Array:
-  return jax.lax.dynamic_update_slice(x, y, (start,))
+  return jax.lax.dynamic_update_slice(x, y, (start,), allow_negative_indices=False)
+
+
+def _div(start: Any, n: int) -> Any:
+  """start // n, for a power of two n and a start that is never negative:
+  a shift (a traced floor division corrects for negative numbers)."""
+  assert n & (n - 1) == 0, n
+  return start >> (n.bit_length() - 1)
 
 
 def _opaque_zero(x: jax.Array) -> jax.Array:

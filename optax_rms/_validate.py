@@ -105,8 +105,6 @@ def check_scalar_or_schedule(name: str, value: Any, *, low: float = 0.0) -> None
   check_range(name, value, low=low)
 
 
-
-
 def check_bool(name: str, value: Any) -> None:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}.")
