@@ -4,15 +4,24 @@ XLA compiles a few kernels per leaf, and an 8-bit buffer's kernels are long
 (its encoding is about a hundred operations), so a model's many small
 leaves (norm scales, biases) made most of an 8-bit step's compile time. Here
 the small leaves of one kind (the same dtypes and weight-decay flag) are
-concatenated, each padded to a whole number of blocks, updated once, and
-sliced back. The state keeps one buffer per leaf, as without grouping.
+concatenated, each padded to a whole number of blocks, updated once in a
+loop of one iteration (:func:`once`), and sliced back. The state keeps one
+buffer per leaf, as without grouping.
 
-The numbers are those of each leaf updated alone, bit for bit: the math is
+Only configurations whose every buffer is 8-bit group their leaves: a float
+buffer would be copied whole into the group, where alone it is updated in
+place. The group's copies (the gradient, the codes) and the values it keeps
+whole for its blocks' maxima cost about 17 bytes per grouped element at the
+step's peak; GROUP bounds that to about 140 KB per group.
+
+Each leaf's numbers are those of the leaf updated alone: the math is
 elementwise; a leaf's blocks are the same elements, the padding's zeros
 change no block's maximum (as the padding of a leaf's last block does
 alone), and the stochastic rounding hashes each element's index within its
 own parameter (``_quantize`` sees the group's segments, each a whole number
-of blocks).
+of blocks). The grouped step is another XLA program, which may contract a
+multiply-add differently: a float number may differ in its last bit, and a
+code whose value sat on a boundary by one code.
 """
 
 from __future__ import annotations
@@ -29,9 +38,9 @@ from optax_rms._quantize import BLOCK, Segments
 # Leaves of at most this many elements are grouped (bitsandbytes keeps such
 # leaves out of 8 bits altogether; here they keep their 8-bit state).
 SMALL = 4096
-# A group's flat vector holds at most this many elements: the concatenated
-# copies it makes are then small (a float32 group takes 256 KiB).
-GROUP = 1 << 16
+# A group's flat vector holds at most this many elements (see the module's
+# docstring: what a group adds to the peak).
+GROUP = 1 << 13
 
 
 class Group(NamedTuple):
@@ -100,12 +109,16 @@ def _ends(group: Group) -> tuple[int, ...]:
 
 
 def once(
-  f: Callable[[Any], Any], count: jax.Array, group: Group, inputs: Any
+  f: Callable[[Any, jax.Array], Any], count: jax.Array, group: Group, inputs: Any
 ) -> tuple[Any, tuple[jax.Array, ...]]:
-  """``f(inputs)`` whole, and the group's starts as traced scalars.
+  """``f(inputs, zero)`` whole, and the group's starts as traced scalars.
 
   `f` returns a tree of `inputs`' structure, shapes and dtypes (a group's
-  gradient and buffers in, its step and new buffers out).
+  gradient and buffers in, its step and new buffers out). `zero` is an int32
+  0 that changes with the loop's iteration as far as XLA knows: what `f`
+  computes from the step count alone (the stochastic rounding's random
+  bits) must add it, or XLA would compute it before the loop, a whole
+  int32 array kept in memory, where in the loop it is fused.
 
   XLA fuses an elementwise producer into each of its consumers when its
   operations are cheap, as an 8-bit encoding's bit operations are: sliced
@@ -125,7 +138,8 @@ def once(
 
   def body(carry: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
     i, values, starts = carry
-    return i + 1, f(values), tuple(start - zero for start in starts)
+    tick = jnp.minimum(i, 0)  # i is `zero`: 0
+    return i + 1, f(values, tick), tuple(start - zero for start in starts)
 
   init = (zero, inputs, starts)
   _, out, starts = jax.lax.while_loop(lambda c: c[0] < 1 - zero, body, init)

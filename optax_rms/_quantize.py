@@ -188,7 +188,7 @@ def _dither(
 ) -> jax.Array:
   """32 random bits from a hash of (element, parameter, step, stream)."""
   if _aligned(segments):
-    x = _aligned_words(segments, stream)
+    x = _aligned_words(segments, stream, count)
     return mix32(x ^ (count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)))
   parts = []
   for (leaf, _), size in zip(segments, _sizes(segments), strict=True):
@@ -213,10 +213,15 @@ def _seed(leaf: int | jax.Array, stream: int) -> jax.Array:
   return jnp.asarray(leaf).astype(jnp.uint32) * jnp.uint32(0xC2B2AE3D) + base
 
 
-def _aligned_words(segments: Segments, stream: int) -> jax.Array:
+def _aligned_words(segments: Segments, stream: int, count: jax.Array) -> jax.Array:
   """_dither's words before the hash, for aligned segments (offset 0): each
   block's first index within its parameter and its parameter's seed are
-  per-block constants, broadcast over the block as the scales are."""
+  per-block constants, broadcast over the block as the scales are.
+
+  The indices add ``min(count, 0)``, 0 for a step count: computed from
+  constants alone, they would be computed before the loop that updates a
+  group (``_group.once``), a whole array kept in memory, where in the loop
+  they are fused."""
   starts: list[int] = []
   seeds: list[int] = []
   for (leaf, _), size in zip(segments, _sizes(segments), strict=True):
@@ -224,7 +229,8 @@ def _aligned_words(segments: Segments, stream: int) -> jax.Array:
     starts.extend(range(0, size, BLOCK))
     seeds.extend([_seed_value(leaf, stream)] * (size // BLOCK))
   within = jnp.arange(BLOCK, dtype=jnp.uint32)[None, :]
-  index = (jnp.asarray(starts, jnp.uint32)[:, None] + within).reshape(-1)
+  first = jnp.asarray(starts, jnp.uint32) + jnp.minimum(count, 0).astype(jnp.uint32)
+  index = (first[:, None] + within).reshape(-1)
   seed = jnp.broadcast_to(
     jnp.asarray(seeds, jnp.uint32)[:, None], (len(seeds), BLOCK)
   ).reshape(-1)

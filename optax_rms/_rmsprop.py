@@ -274,11 +274,17 @@ def _leaf_update(
 
 
 def _kind(c: _config.Config, g: Any, p: Any, state: Buffers, segs: Any, decays: bool):
-  """What leaves updated together share (see _group); None: updated alone
-  (no 8-bit buffer, a pack_small vector, grouped already, or an array laid
-  out over a mesh's explicit axes, which concatenation would move)."""
+  """What leaves updated together share (see _group); None: updated alone.
+
+  Alone: a leaf of a configuration with a float buffer (the group would copy
+  it whole: 4 bytes per element more at the peak, where alone it is updated
+  in place; and it compiles to short kernels anyway), a pack_small vector
+  (grouped already), and an array laid out over a mesh's explicit axes,
+  which concatenation would move.
+  """
   arrays = [x for x in (g, p, *state) if x is not None]
-  if not c.eight_bit or len(segs) != 1 or not all(map(_group.unsharded, arrays)):
+  all_8bit = all(c.form(k) != "float" for k in c.buffers)
+  if not all_8bit or len(segs) != 1 or not all(map(_group.unsharded, arrays)):
     return None
   dtypes = tuple(jnp.result_type(x) for x in (g, *state) if x is not None)
   return (dtypes, None if p is None else jnp.result_type(p), decays)
@@ -301,8 +307,9 @@ def _group_update(
   p = None if ps[0] is None else _group.concat(ps, group)
   segments = _group.segments(group, segs)
 
-  def update(inputs: tuple[jax.Array, Buffers]) -> tuple[jax.Array, Buffers]:
-    return _leaf_update(c, h, inputs[0], p, inputs[1], segments, decays[0])
+  def update(inputs: tuple[jax.Array, Buffers], zero: jax.Array):
+    at = h._replace(count=h.count + zero)  # the rounding's bits stay in the loop
+    return _leaf_update(c, at, inputs[0], p, inputs[1], segments, decays[0])
 
   (step, new), starts = _group.once(update, h.count, group, (g, Buffers(**fields)))
   shapes = [jnp.shape(x) for x in gs]
@@ -422,13 +429,15 @@ def _apply(
   ]
   outs: list[Any] = [None] * len(leaves)
   kinds = [_kind(c, *leaf) for leaf in leaves]
-  for group in _group.plan(kinds, [jnp.size(g) for g, *_ in leaves]):
+  groups = _group.plan(kinds, [jnp.size(g) for g, *_ in leaves])
+  grouped = {i for group in groups for i in group.leaves}
+  for i, leaf in enumerate(leaves):
+    if i not in grouped:
+      outs[i] = _leaf_update(c, h, *leaf)
+  for group in groups:
     members = [leaves[i] for i in group.leaves]
     for i, out in zip(group.leaves, _group_update(c, h, group, members), strict=True):
       outs[i] = out
-  outs = [
-    out or _leaf_update(c, h, *leaf) for out, leaf in zip(outs, leaves, strict=True)
-  ]
   fields = {
     f: treedef.unflatten([getattr(b, f) for _, b in outs])
     for f in Buffers._fields

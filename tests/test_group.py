@@ -65,10 +65,20 @@ def _ungrouped(monkeypatch: pytest.MonkeyPatch, tx: optax.GradientTransformation
   [
     dict(nu_quantization="8bit"),
     dict(centered=True, momentum=0.9, **EIGHT_BIT),
-    dict(centered=True, bias_correction=True, mu_quantization="8bit"),
-    dict(momentum=0.9, momentum_quantization="8bit", weight_decay=1e-2),
+    dict(
+      centered=True,
+      bias_correction=True,
+      nu_quantization="8bit",
+      mu_quantization="8bit",
+    ),
+    dict(
+      momentum=0.9,
+      weight_decay=1e-2,
+      nu_quantization="8bit",
+      momentum_quantization="8bit",
+    ),
   ],
-  ids=["nu", "centered-momentum-all", "centered-bc-mu", "momentum-wd"],
+  ids=["nu", "centered-momentum-all", "centered-bc", "momentum-wd"],
 )
 def test_grouped_equals_each_leaf_alone(monkeypatch, kwargs):
   tx = optax_rms.rmsprop(1e-2, **kwargs)
@@ -95,13 +105,25 @@ def test_grouped_equals_each_leaf_alone(monkeypatch, kwargs):
 
 
 def test_one_encoding_for_a_group():
-  """40 small leaves: the stochastic rounding's hash (one multiplier per
-  encoding) appears in the compiled step a few times, not 40."""
-  params = {f"b{i:02d}": jnp.ones((512,)) for i in range(40)}
-  tx = optax_rms.rmsprop(1e-3, nu_quantization="8bit")
+  """12 small leaves (one group): the stochastic rounding's hash appears in
+  the compiled step a few times, not 12."""
+  assert 0 < _hash_count(optax_rms.rmsprop(1e-3, nu_quantization="8bit"), 12) <= 4
+
+
+def _hash_count(tx: optax.GradientTransformation, n: int) -> int:
+  """How often the rounding's hash multiplier is in the compiled update of
+  `n` leaves of 512 elements (once per encoding, give or take XLA's copies)."""
+  params = {f"b{i:02d}": jnp.ones((512,)) for i in range(n)}
   state = jax.eval_shape(tx.init, params)
   text = jax.jit(lambda g, s: tx.update(g, s)).lower(params, state).compile().as_text()
-  assert 0 < text.count("constant(2146121005)") <= 4  # mix32's 0x7FEB352D
+  return text.count("constant(2146121005)")  # mix32's 0x7FEB352D
+
+
+def test_a_float_buffer_keeps_its_leaves_apart():
+  """With a float buffer beside an 8-bit one, each leaf is updated alone (a
+  group would copy the float buffer whole)."""
+  mixed = optax_rms.rmsprop(1e-3, centered=True, nu_quantization="8bit")
+  assert _hash_count(mixed, 6) >= 6
 
 
 def test_plan_groups_by_kind_and_size():
@@ -115,10 +137,12 @@ def test_plan_groups_by_kind_and_size():
 
 
 def test_plan_bounds_a_group():
-  n = _group.GROUP // _group.SMALL + 3
+  per_group = _group.GROUP // _group.SMALL
+  n = 2 * per_group + 1  # the last alone: a group of one is no group
   groups = _group.plan(["a"] * n, [_group.SMALL] * n)
+  assert [len(g.leaves) for g in groups] == [per_group, per_group]
   assert all(g.size <= _group.GROUP for g in groups)
-  assert sorted(i for g in groups for i in g.leaves) == list(range(n))
+  assert [i for g in groups for i in g.leaves] == list(range(n - 1))
 
 
 def test_pack_small_vectors_are_not_regrouped():
