@@ -53,14 +53,73 @@ def map_leaf(
   `elements`: the leaf-shaped inputs (the gradient "g", the parameter "p",
   each buffer as stored), `blocks`: the 8-bit buffers' per-block scales.
   Returns what `body` returns, the stored buffers and the 8-bit scales.
+
+  A leaf of more than CHUNK elements with an 8-bit buffer runs chunk by
+  chunk; any other leaf at once.
   """
   size = sum(_size(shape) for _, shape in segments)
   eight_bit = any(c.form != "float" for c in storage.codecs.values())
-  if not eight_bit or len(segments) != 1 or size <= CHUNK:
-    writer = _Writer(storage, segments)
-    result = body(_decoded(storage, elements, blocks, segments), writer.store)
-    return result, writer.stored, writer.scales
+  if eight_bit and len(segments) == 1 and size > CHUNK:
+    return _chunked(body, segments, storage, elements, blocks)
+  return _whole(body, segments, storage, elements, blocks)
+
+
+def once(f: Callable[[Any, jax.Array], Any], count: jax.Array, carry: Any) -> Any:
+  """``f(carry, zero)``, its outputs (of `carry`'s structure) buffers (used by
+  ``_group``).
+
+  On the CPU, `f` runs in a while loop of one iteration, whose trip count
+  XLA cannot see (it would inline a loop it knows runs once): it ends at
+  ``1 - min(count, 0)``, 1 for a step count `count`, never negative. A
+  loop's outputs are buffers, and what enters through its carry is an
+  argument of the kernels inside, not a constant in them: the kernels of
+  two leaves of one size are then the same computation, which XLA compiles
+  once. `zero` is an int32 0 that changes with the iteration as far as XLA
+  knows: what `f` computes from constants and the step count alone must
+  add it, or XLA would compute it before the loop, a whole array kept in
+  memory, where in the loop it is fused. Elsewhere (a GPU reads a while
+  loop's condition back to the host) `f` is called as it is.
+  """
+
+  def looped(carry: Any) -> Any:
+    zero = jnp.minimum(jnp.asarray(count, jnp.int32), 0)
+
+    def step(c: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
+      i, x = c
+      return i + 1, f(x, jnp.minimum(i, 0))  # i is `zero`: 0
+
+    return jax.lax.while_loop(lambda c: c[0] < 1 - zero, step, (zero, carry))[1]
+
+  def direct(carry: Any) -> Any:
+    return f(carry, jnp.zeros((), jnp.int32))
+
+  return jax.lax.platform_dependent(carry, cpu=looped, default=direct)
+
+
+def _whole(
+  body: Body,
+  segments: Segments,
+  storage: Storage,
+  elements: dict[str, jax.Array],
+  blocks: dict[str, jax.Array],
+) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+  """The leaf updated at once."""
+  writer = _Writer(storage, segments)
+  result = body(_decoded(storage, elements, blocks, segments), writer.store)
+  return result, writer.stored, writer.scales
+
+
+def _chunked(
+  body: Body,
+  segments: Segments,
+  storage: Storage,
+  elements: dict[str, jax.Array],
+  blocks: dict[str, jax.Array],
+) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+  """The leaf's buffers updated chunk by chunk, then its step from the
+  stored buffers."""
   ((leaf, shape),) = segments
+  size = _size(shape)
   # The inputs that are only read (the gradient, the parameter) enter the
   # loop as their bit patterns where narrower than float32: XLA would
   # otherwise widen them (a bfloat16 gradient, to float32 for the math)

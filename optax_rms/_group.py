@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from optax_rms import _chunks
 from optax_rms._quantize import BLOCK, Segments
 
 # Leaves of at most this many elements are grouped (bitsandbytes keeps such
@@ -111,39 +112,25 @@ def _ends(group: Group) -> tuple[int, ...]:
 def once(
   f: Callable[[Any, jax.Array], Any], count: jax.Array, group: Group, inputs: Any
 ) -> tuple[Any, tuple[jax.Array, ...]]:
-  """``f(inputs, zero)`` whole, and the group's starts as traced scalars.
+  """``f(inputs, zero)`` whole (``_chunks.once``), and the group's starts.
 
   `f` returns a tree of `inputs`' structure, shapes and dtypes (a group's
-  gradient and buffers in, its step and new buffers out). `zero` is an int32
-  0 that changes with the loop's iteration as far as XLA knows: what `f`
-  computes from the step count alone (the stochastic rounding's random
-  bits) must add it, or XLA would compute it before the loop, a whole
-  int32 array kept in memory, where in the loop it is fused.
-
-  XLA fuses an elementwise producer into each of its consumers when its
-  operations are cheap, as an 8-bit encoding's bit operations are: sliced
-  back into its leaves, a group's encoding would be compiled once per leaf
-  again. The outputs of a loop are buffers, so `f` runs in a while loop of
-  one iteration over `inputs` (whose buffers its outputs then reuse), with a
-  trip count XLA cannot see (it would inline a loop it knows runs once): it
-  ends at ``1 - min(count, 0)``, 1 for the step count `count`, which is
-  never negative.
-
-  The starts come out of the loop too, as values XLA does not know: a slice
-  at a known offset is a kernel of its own for each leaf, one at a traced
-  offset is the same kernel for every leaf of one size.
+  gradient and buffers in, its step and new buffers out). XLA fuses an
+  elementwise producer into each of its consumers when its operations are
+  cheap, as an 8-bit encoding's bit operations are: sliced back into its
+  leaves, a group's encoding would be compiled once per leaf again, where
+  the outputs of ``_chunks.once``'s loop are buffers. The starts come out of
+  the loop too, values XLA does not know: a slice at a known offset is a
+  kernel of its own for each leaf, one at a traced offset the same kernel
+  for every leaf of one size.
   """
-  zero = jnp.minimum(jnp.asarray(count, jnp.int32), 0)
+
+  def run(carry: Any, zero: jax.Array) -> Any:
+    values, starts = carry
+    return f(values, zero), tuple(start + zero for start in starts)
+
   starts = tuple(jnp.int32(start) for start in group.starts)
-
-  def body(carry: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
-    i, values, starts = carry
-    tick = jnp.minimum(i, 0)  # i is `zero`: 0
-    return i + 1, f(values, tick), tuple(start - zero for start in starts)
-
-  init = (zero, inputs, starts)
-  _, out, starts = jax.lax.while_loop(lambda c: c[0] < 1 - zero, body, init)
-  return out, starts
+  return _chunks.once(run, count, (inputs, starts))
 
 
 def concat(arrays: Sequence[jax.Array], group: Group) -> jax.Array:
