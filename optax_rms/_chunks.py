@@ -82,11 +82,11 @@ def once(f: Callable[[Any, jax.Array], Any], count: jax.Array, carry: Any) -> An
   """
 
   def looped(carry: Any) -> Any:
-    zero = jnp.minimum(jnp.asarray(count, jnp.int32), 0)
+    zero = _opaque_zero(jnp.asarray(count))
 
     def step(c: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
       i, x = c
-      return i + 1, f(x, jnp.minimum(i, 0))  # i is `zero`: 0
+      return i + 1, f(x, _opaque_zero(i))  # i is `zero`: 0
 
     return jax.lax.while_loop(lambda c: c[0] < 1 - zero, step, (zero, carry))[1]
 
@@ -148,7 +148,7 @@ def _traced(leaf: Any, storage: Storage) -> jax.Array:
   of the loop's kernels, not a constant in them, so that XLA compiles those
   kernels once for all the leaves of one size (a kernel is compiled once per
   distinct computation)."""
-  return jnp.int32(leaf) - jnp.minimum(jnp.asarray(storage.count, jnp.int32), 0)
+  return jnp.int32(leaf) - _opaque_zero(jnp.asarray(storage.count))
 
 
 def _chunk(
@@ -283,7 +283,8 @@ def _div(start: Any, n: int) -> Any:
 
 
 def _opaque_zero(x: jax.Array) -> jax.Array:
-  """An int32 0 that XLA cannot fold away: a data dependency on `x`."""
+  """An int32 0 that XLA cannot fold away: a data dependency on `x` (a float,
+  or an integer that is never negative, e.g. a step count)."""
   if jnp.issubdtype(x.dtype, jnp.floating):  # its top 8 bits: 0..255
     bits = 8 * x.dtype.itemsize
     x = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}")) >> (bits - 8)
